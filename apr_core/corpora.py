@@ -1,0 +1,133 @@
+"""Text for evaluation and calibration: built-in offline corpora and user files.
+
+Built-ins need no download: ``stdlib-code`` is a fixed list of Python
+standard-library modules (held out from ``stdlib-calibration``, which
+pruning and quantization calibrate on) and ``python-docs`` is the English
+prose of the Python language reference shipped with every CPython
+(``pydoc_data.topics``). ``wikitext-2`` is read from a file the user names or
+fetched from the Hub when online. User files are raw text, or jsonl/parquet
+with a text field; documents are joined with blank lines, as the pruning
+papers do for WikiText-2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import AprError
+
+EVAL_CODE_FILES = ("textwrap.py", "fractions.py", "heapq.py", "graphlib.py", "shlex.py", "statistics.py",
+                   "queue.py", "calendar.py", "csv.py", "sched.py")
+CALIBRATION_CODE_FILES = ("argparse.py", "dataclasses.py", "functools.py", "ipaddress.py", "pprint.py",
+                          "random.py", "selectors.py", "tokenize.py", "contextlib.py", "string.py",
+                          "difflib.py", "enum.py", "ast.py", "inspect.py", "typing.py")
+ALIASES = {"code": "stdlib-code", "prose": "python-docs", "wikitext2": "wikitext-2"}
+BUILTIN = ("stdlib-code", "python-docs", "stdlib-calibration", "wikitext-2")
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    documents: list[str]
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(self.documents)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+def _stdlib(files: tuple[str, ...], name: str) -> Corpus:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    docs = []
+    for f in files:
+        p = root / f
+        if not p.is_file():
+            raise AprError(f"{name}: the standard library file {p} is missing from this Python")
+        docs.append(p.read_text(encoding="utf-8"))
+    return Corpus(name, docs)
+
+
+def _python_docs() -> Corpus:
+    from pydoc_data.topics import topics
+
+    return Corpus("python-docs", [topics[k] for k in sorted(topics)])
+
+
+def read_jsonl(path: str | os.PathLike, field: str = "text") -> list[str]:
+    """The ``field`` of every line of a jsonl file; a bad line is an error naming its number."""
+    path = Path(path)
+    docs = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise AprError(f"{path}:{lineno}: not valid JSON") from None
+            if not isinstance(row, dict) or not isinstance(row.get(field), str):
+                raise AprError(f"{path}:{lineno}: no string field {field!r} (use --text-field)")
+            docs.append(row[field])
+    if not docs:
+        raise AprError(f"{path}: no records; the file is empty")
+    return docs
+
+
+def _read_parquet(path: Path, field: str) -> list[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise AprError(f"{path}: reading parquet needs pyarrow: pip install 'apr[eval]'") from None
+    table = pq.read_table(path)
+    if field not in table.column_names:
+        raise AprError(f"{path}: no column {field!r} (columns: {', '.join(table.column_names)})")
+    return [str(x) for x in table.column(field).to_pylist()]
+
+
+def _wikitext2() -> Corpus:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download("Salesforce/wikitext", "wikitext-2-raw-v1/test-00000-of-00001.parquet",
+                               repo_type="dataset")
+    except Exception:  # offline, blocked or missing: all mean the same to the user
+        raise AprError("wikitext-2 is not available offline: pass the file instead "
+                       "(--dataset wiki.test.raw, or a jsonl/parquet with a text column)") from None
+    return Corpus("wikitext-2", _read_parquet(Path(path), "text"))
+
+
+def load_corpus(name_or_path: str, text_field: str = "text") -> Corpus:
+    """A built-in corpus by name, or a user file: raw text, jsonl or parquet."""
+    name = ALIASES.get(name_or_path, name_or_path)
+    path = Path(name_or_path)
+    if path.is_file():
+        if path.suffix == ".jsonl":
+            return Corpus(path.name, read_jsonl(path, text_field))
+        if path.suffix == ".parquet":
+            return Corpus(path.name, _read_parquet(path, text_field))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise AprError(f"{path}: not UTF-8 text") from None
+        if not text.strip():
+            raise AprError(f"{path}: the file is empty")
+        return Corpus(path.name, [text])
+    if name == "stdlib-code":
+        return _stdlib(EVAL_CODE_FILES, name)
+    if name == "stdlib-calibration":
+        return _stdlib(CALIBRATION_CODE_FILES, name)
+    if name == "python-docs":
+        return _python_docs()
+    if name == "wikitext-2":
+        return _wikitext2()
+    if path.suffix or os.sep in name_or_path:
+        raise AprError(f"no such file: {name_or_path}")
+    raise AprError(f"unknown dataset {name_or_path!r}: give a file or one of {', '.join(BUILTIN)}")

@@ -1,0 +1,20 @@
+"""Error types that separate a user's mistake from a bug in apr.
+
+`AprError` is raised for bad input (a missing file, a corrupt model, an
+out-of-range option). The CLI prints its message as one line and exits with
+code 2; anything else is a bug and keeps its traceback.
+"""
+
+
+class AprError(Exception):
+    """A problem with the user's input or environment, reported as one line (exit 2)."""
+
+    exit_code = 2
+
+
+class CorruptFileError(AprError):
+    """A model file failed validation (bad magic, CRC mismatch, out-of-range offsets...)."""
+
+
+class PluginError(Exception):
+    """A plugin broke the contract (duplicate technique name, bad parameter declaration)."""

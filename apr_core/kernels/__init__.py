@@ -1,0 +1,26 @@
+"""Hot-path kernels: a Triton implementation and an independent torch reference per op.
+
+Dispatch rule: a CUDA tensor with triton importable runs the Triton kernel;
+everything else runs the torch reference. ``APR_KERNELS=torch`` forces the
+reference; ``APR_KERNELS=triton`` forces Triton (with ``TRITON_INTERPRET=1``
+set before triton is imported this runs kernels on CPU, which is how the tests
+compare both on machines without a GPU).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def use_triton(*tensors) -> bool:
+    mode = os.environ.get("APR_KERNELS", "auto").lower()
+    if mode == "torch" or not triton_available():
+        return False
+    if mode == "triton":
+        return True
+    return all(t.is_cuda for t in tensors)

@@ -1,0 +1,43 @@
+"""Sparsity masks: N:M selection and row-threshold pruning, used by every pruning technique.
+
+``nm_mask(scores, n, m)`` keeps the ``n`` highest-scoring of each ``m``
+consecutive elements along the last dimension (ties go to the lower index,
+so results are deterministic). ``prune_below_(weight, scores, thresholds)``
+zeroes, in place, every weight whose score is below its row's threshold.
+"""
+
+from __future__ import annotations
+
+from ...errors import AprError
+from .. import use_triton
+from . import reference
+
+
+def _check_nm(scores, n: int, m: int) -> None:
+    if scores.dim() != 2:
+        raise AprError(f"N:M masks need a 2-D score matrix, got {scores.dim()}-D")
+    if not 0 < n < m:
+        raise AprError(f"N:M pattern needs 0 < N < M, got {n}:{m}")
+    if scores.shape[1] % m:
+        raise AprError(f"N:M pattern {n}:{m} needs rows divisible by {m}, got {scores.shape[1]}")
+
+
+def nm_mask(scores, n: int, m: int):
+    """Boolean mask with exactly ``n`` True values in each group of ``m`` along the last dim."""
+    _check_nm(scores, n, m)
+    if use_triton(scores) and m & (m - 1) == 0:
+        from . import triton as tri
+
+        return tri.nm_mask(scores, n, m)
+    return reference.nm_mask(scores, n, m)
+
+
+def prune_below_(weight, scores, thresholds):
+    """Zero ``weight[i, j]`` where ``scores[i, j] < thresholds[i]``; returns ``weight``."""
+    if weight.shape != scores.shape or weight.dim() != 2 or thresholds.shape != (weight.shape[0],):
+        raise AprError("prune_below_ needs weight and scores of one 2-D shape and one threshold per row")
+    if use_triton(weight, scores, thresholds) and weight.is_contiguous() and scores.is_contiguous():
+        from . import triton as tri
+
+        return tri.prune_below_(weight, scores, thresholds)
+    return reference.prune_below_(weight, scores, thresholds)

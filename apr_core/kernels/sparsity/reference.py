@@ -1,0 +1,18 @@
+"""Plain-torch references for the sparsity kernels: the definition the Triton code must match."""
+
+from __future__ import annotations
+
+
+def nm_mask(scores, n: int, m: int):
+    rows, cols = scores.shape
+    groups = scores.reshape(-1, m)
+    # stable descending sort: among equal scores the lower index comes first
+    keep = groups.sort(dim=1, descending=True, stable=True).indices[:, :n]
+    mask = groups.new_zeros(groups.shape, dtype=bool)
+    mask.scatter_(1, keep, True)
+    return mask.reshape(rows, cols)
+
+
+def prune_below_(weight, scores, thresholds):
+    weight.masked_fill_(scores < thresholds[:, None].to(scores.dtype), 0)
+    return weight

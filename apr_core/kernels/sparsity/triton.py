@@ -1,0 +1,56 @@
+"""Triton kernels for the sparsity masks (see reference.py for the definitions they match)."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _nm_mask_kernel(s_ptr, out_ptr, n_groups, N: tl.constexpr, M: tl.constexpr, BLOCK: tl.constexpr):
+    """keep[g, i] = rank_i < N where rank_i = #{j : s_j > s_i or (s_j == s_i and j < i)} in group g."""
+    pid = tl.program_id(0)
+    g = pid * BLOCK + tl.arange(0, BLOCK)
+    k = tl.arange(0, M)
+    offs = g[:, None] * M + k[None, :]
+    valid = (g < n_groups)[:, None]
+    s = tl.load(s_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+    si = s[:, :, None]
+    sj = s[:, None, :]
+    ki = k[None, :, None]
+    kj = k[None, None, :]
+    beats = (sj > si) | ((sj == si) & (kj < ki))
+    rank = tl.sum(beats.to(tl.int32), axis=2)
+    tl.store(out_ptr + offs, (rank < N).to(tl.int8), mask=valid)
+
+
+@triton.jit
+def _prune_below_kernel(w_ptr, s_ptr, t_ptr, n_cols, BLOCK: tl.constexpr):
+    """w[r, c] = 0 where s[r, c] < t[r]; one program per (row, column block)."""
+    row = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < n_cols
+    offs = row * n_cols + cols
+    s = tl.load(s_ptr + offs, mask=inside, other=0.0)
+    t = tl.load(t_ptr + row)
+    w = tl.load(w_ptr + offs, mask=inside, other=0.0)
+    w = tl.where(s < t.to(s.dtype), tl.zeros_like(w), w)
+    tl.store(w_ptr + offs, w, mask=inside)
+
+
+def nm_mask(scores, n: int, m: int):
+    import torch
+
+    s = scores.contiguous()
+    out = torch.empty(s.shape, dtype=torch.int8, device=s.device)
+    n_groups = s.numel() // m
+    block = 128
+    _nm_mask_kernel[(triton.cdiv(n_groups, block),)](s, out, n_groups, N=n, M=m, BLOCK=block)
+    return out.bool()
+
+
+def prune_below_(weight, scores, thresholds):
+    rows, cols = weight.shape
+    block = 1024
+    _prune_below_kernel[(rows, triton.cdiv(cols, block))](weight, scores, thresholds.contiguous(), cols, BLOCK=block)
+    return weight

@@ -1,0 +1,117 @@
+"""load -> transform -> evaluate -> save, through the plugin hooks.
+
+The CLI is a thin layer over these functions; Python users call them directly::
+
+    from apr_core import pipeline
+    base = pipeline.load("base.apr")
+    out = pipeline.transform("merge", "slerp", [a, b], {"weights": (0.85, 0.15)})
+    pipeline.save(out, "merged.apr")
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import AprError
+from .model import LazyTensor, Model, TensorSpec
+from .plugins import manager
+from .technique import EvaluateTechnique, RunContext, TransformTechnique
+
+EXTENSIONS = {".apr": "apr", ".safetensors": "safetensors", ".gguf": "gguf"}
+FLOAT_DTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "float32": "F32", "float16": "F16",
+                "bfloat16": "BF16"}
+
+
+def load(source: str, **options: Any) -> Model:
+    """Open a model through the first plugin that recognises ``source``."""
+    pm, _ = manager()
+    options.setdefault("verify", True)
+    model = pm.hook.apr_load_model(source=str(source), options=options)
+    if model is None:
+        if not os.path.exists(source):
+            raise AprError(f"no such file or model: {source}")
+        raise AprError(f"{source}: unknown model format (expected .apr, .safetensors, .gguf, "
+                       f".bin, a Hugging Face directory or hf://org/name)")
+    return model
+
+
+def formats() -> list[str]:
+    pm, _ = manager()
+    return sorted({f for names in pm.hook.apr_formats() for f in names})
+
+
+def output_format(destination: str, fmt: str | None) -> str:
+    """The format to write: ``fmt`` if given, else from the extension (a directory means hf)."""
+    known = formats()
+    if fmt:
+        if fmt not in known:
+            raise AprError(f"--format {fmt!r} is not one of {', '.join(known)}")
+        return fmt
+    ext = Path(destination).suffix.lower()
+    if ext in EXTENSIONS:
+        return EXTENSIONS[ext]
+    if destination.endswith(("/", os.sep)) or not ext or Path(destination).is_dir():
+        return "hf"
+    raise AprError(f"cannot tell the format of {destination!r} from its extension; pass --format "
+                   f"({', '.join(known)})")
+
+
+def save(model: Model, destination: str, fmt: str | None = None, **options: Any) -> str:
+    """Write ``model`` atomically through the first plugin that writes ``fmt``."""
+    pm, _ = manager()
+    fmt = output_format(destination, fmt)
+    destination = destination.rstrip("/") if fmt == "hf" and len(destination) > 1 else destination
+    written = pm.hook.apr_save_model(model=model, destination=destination, fmt=fmt, options=options)
+    if written is None:
+        raise AprError(f"no installed plugin writes format {fmt!r}")
+    return written
+
+
+def cast(model: Model, dtype: str | None) -> Model:
+    """Lazily convert every floating-point tensor to ``dtype`` (f32, f16, bf16); None keeps them."""
+    if dtype in (None, "auto"):
+        return model
+    target = FLOAT_DTYPES.get(dtype.lower())
+    if target is None:
+        raise AprError(f"--dtype {dtype!r} is not one of auto, {', '.join(sorted(set(FLOAT_DTYPES)))}")
+    out = model.derive()
+    for name, lt in model.tensors.items():
+        if lt.spec.dtype in ("F32", "F16", "BF16", "F64") and lt.spec.dtype != target:
+            spec = TensorSpec(name, target, lt.spec.shape)
+            out.tensors[name] = LazyTensor(spec, lambda lt=lt, spec=spec: lt.load().to(spec.dt.torch_dtype()))
+    torch_name = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}[target]
+    out.config["torch_dtype"] = torch_name
+    out.config.pop("dtype", None)
+    return out
+
+
+def transform_technique(kind: str, name: str) -> TransformTechnique:
+    _, registry = manager()
+    technique = registry.get(kind, name)
+    if not isinstance(technique, TransformTechnique):
+        raise AprError(f"{kind} {name} is not a transform")
+    return technique
+
+
+def transform(kind: str, name: str, inputs: list[Model], raw_params: dict[str, Any],
+              context: RunContext | None = None) -> Model:
+    """Validate parameters, run the technique through the apr_transform hook, record provenance."""
+    pm, _ = manager()
+    technique = transform_technique(kind, name)
+    params = technique.resolve_params(raw_params)
+    context = context or RunContext()
+    result = pm.hook.apr_transform(technique=technique, inputs=inputs, params=params, context=context)
+    recorded = dict(params)
+    if technique.random:
+        recorded["seed"] = context.seed
+    return result.with_operation(kind, name, recorded, inputs)
+
+
+def evaluate(name: str, model: Model, raw_params: dict[str, Any], context: RunContext | None = None) -> dict:
+    pm, registry = manager()
+    technique = registry.get("evaluate", name)
+    assert isinstance(technique, EvaluateTechnique)
+    params = technique.resolve_params(raw_params)
+    return pm.hook.apr_evaluate(technique=technique, model=model, params=params, context=context or RunContext())

@@ -1,0 +1,132 @@
+"""Bridges from a `Model` handle to live transformers objects (modules and tokenizers).
+
+Used by techniques that need to run the network (perplexity, calibration,
+generation). Weights are assigned from the lazy tensors without a second
+copy where dtypes already match.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import AprError
+from .model import Model
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def hf_config(config: dict[str, Any]):
+    from transformers import AutoConfig
+
+    cfg = dict(config)
+    model_type = cfg.pop("model_type", None)
+    if not model_type:
+        raise AprError("model config has no model_type")
+    with quiet_transformers():
+        try:
+            return AutoConfig.for_model(model_type, **cfg)
+        except (ValueError, KeyError) as exc:
+            raise AprError(f"transformers does not know model type {model_type!r}: {exc}") from None
+
+
+def causal_lm_class(config: dict[str, Any]):
+    """The transformers class for a causal-LM config (architectures[0] if given)."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    for name in config.get("architectures") or []:
+        cls = getattr(transformers, name, None)
+        if cls is not None:
+            return cls
+    cfg = hf_config(config)
+    try:
+        return AutoModelForCausalLM._model_mapping[type(cfg)]
+    except KeyError:
+        raise AprError(f"no causal-LM class for model type {config.get('model_type')!r}") from None
+
+
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Create parameters on the meta device while buffers (rotary tables) stay real."""
+    import torch
+
+    original = torch.nn.Module.register_parameter
+
+    def register(self, name, param):
+        original(self, name, param)
+        if param is not None and not param.is_meta:
+            self._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = original
+
+
+def meta_model(config: dict[str, Any]):
+    """An instance of the model class whose parameters take no memory (names, shapes, buffers)."""
+    cls = causal_lm_class(config)
+    with _parameters_on_meta(), quiet_transformers():
+        return cls(hf_config(config))
+
+
+def to_transformers(model: Model, dtype: str = "float32", device: str = "cpu"):
+    """Build the transformers module for ``model`` with its weights, in eval mode."""
+    import torch
+
+    tdtype = getattr(torch, dtype)
+    module = meta_model(model.config)
+    expected = module.state_dict()
+    state = {}
+    for name in expected:
+        if name in model.tensors:
+            spec = model.spec(name)
+            if spec.dt.quantized:
+                raise AprError(f"tensor {name} is {spec.dtype}-quantized; this operation needs "
+                               f"float weights (dequantize support arrives with apr quantize)")
+            state[name] = model.tensor(name).to(device=device, dtype=tdtype)
+    missing = [n for n in expected if n not in state]
+    tied = bool(getattr(module.config, "tie_word_embeddings", False))
+    missing = [n for n in missing if not (tied and n == "lm_head.weight")]
+    if missing:
+        raise AprError(f"model has no tensor {missing[0]} ({len(missing)} missing) for {type(module).__name__}")
+    with quiet_transformers():
+        module.load_state_dict(state, strict=False, assign=True)
+        if tied:
+            module.tie_weights()
+    leftovers = [n for n, p in module.named_parameters() if p.is_meta]
+    if leftovers:
+        raise AprError(f"model has no tensor {leftovers[0]} for {type(module).__name__}")
+    return module.to(device=device, dtype=tdtype).eval()
+
+
+def load_tokenizer(model: Model):
+    """A transformers tokenizer built from the model's tokenizer files."""
+    from transformers import AutoTokenizer
+
+    if not model.tokenizer:
+        raise AprError(f"{model.source}: model has no tokenizer files")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in model.tokenizer.items():
+            (Path(tmp) / name).write_bytes(data)
+        if "config.json" not in model.tokenizer:
+            (Path(tmp) / "config.json").write_text(json.dumps(model.config))
+        with quiet_transformers():
+            return AutoTokenizer.from_pretrained(tmp)

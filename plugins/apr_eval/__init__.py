@@ -1,0 +1,1 @@
+"""Evaluate plugins for apr: perplexity now; code benchmarks (HumanEval, MBPP) join here."""

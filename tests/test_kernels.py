@@ -1,0 +1,67 @@
+"""Sparsity kernels: the Triton code (run by the interpreter on CPU) against the torch reference."""
+
+import os
+
+import pytest
+import torch
+
+from apr_core.errors import AprError
+from apr_core.kernels import sparsity
+from apr_core.kernels.sparsity import reference
+
+triton_impl = pytest.importorskip("apr_core.kernels.sparsity.triton")
+assert os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
+
+SHAPES = [(1, 8), (7, 24), (13, 40), (33, 96), (5, 1000)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("nm", [(2, 4), (4, 8), (1, 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_nm_mask_matches_reference(shape, nm, dtype):
+    n, m = nm
+    if shape[1] % m:
+        pytest.skip("shape not divisible")
+    g = torch.Generator().manual_seed(shape[0] * 31 + n)
+    scores = torch.randn(shape, generator=g).to(dtype)
+    scores[0, : m] = 0.5  # ties within a group go to the lower index
+    ref = reference.nm_mask(scores, n, m)
+    tri = triton_impl.nm_mask(scores, n, m)
+    assert torch.equal(ref, tri)
+    assert (ref.reshape(-1, m).sum(1) == n).all()
+    assert ref[0, :n].all() and not ref[0, n:m].any()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (13, 1037), (64, 2048)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_prune_below_matches_reference(shape, dtype):
+    g = torch.Generator().manual_seed(shape[1])
+    w = torch.randn(shape, generator=g).to(dtype)
+    scores = w.abs().float() * torch.rand(shape[1], generator=g)
+    thresholds = scores.median(dim=1).values
+    ref = reference.prune_below_(w.clone(), scores, thresholds)
+    tri = triton_impl.prune_below_(w.clone(), scores, thresholds)
+    assert torch.equal(ref, tri)
+
+
+def test_reference_definitions_are_independent_of_the_kernels():
+    scores = torch.tensor([[1.0, 3.0, 2.0, 0.0, 5.0, 5.0, 1.0, 2.0]])
+    assert reference.nm_mask(scores, 2, 4).tolist() == [[False, True, True, False, True, True, False, False]]
+    w = torch.tensor([[1.0, -2.0, 3.0]])
+    out = reference.prune_below_(w.clone(), w.abs(), torch.tensor([2.0]))
+    assert out.tolist() == [[0.0, -2.0, 3.0]]
+
+
+def test_dispatch_uses_triton_when_forced(monkeypatch):
+    monkeypatch.setenv("APR_KERNELS", "triton")
+    scores = torch.randn(4, 16)
+    assert torch.equal(sparsity.nm_mask(scores, 2, 4), reference.nm_mask(scores, 2, 4))
+    monkeypatch.setenv("APR_KERNELS", "torch")
+    assert torch.equal(sparsity.nm_mask(scores, 2, 4), reference.nm_mask(scores, 2, 4))
+
+
+def test_bad_patterns_are_user_errors():
+    with pytest.raises(AprError, match="divisible"):
+        sparsity.nm_mask(torch.randn(2, 10), 2, 4)
+    with pytest.raises(AprError, match="0 < N < M"):
+        sparsity.nm_mask(torch.randn(2, 8), 4, 4)
