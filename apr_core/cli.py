@@ -75,12 +75,13 @@ def _collect_options(techniques: dict[str, Any], extra: tuple[Param, ...] = ()) 
 # --------------------------------------------------------------------------- technique kinds
 
 def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
-    options, declared = _collect_options(techniques, kind.options)
+    options, _declared = _collect_options(techniques, kind.options)
     names = list(techniques)
     selector_help = "; ".join(f"{n}: {techniques[n].technique.summary}" for n in names)
 
-    def callback(models, output, fmt, plan, as_json, seed, quiet, **raw):
+    def callback(models, output, fmt, plan, as_json, seed, quiet, verbose, **raw):
         name = raw.pop(kind.selector) or kind.default
+        actions = [a for a in kind.actions if raw.pop(a, False)]
         if not name:
             raise AprError(f"apr {kind.name} needs --{kind.selector} ({', '.join(names)})")
         from . import pipeline
@@ -92,11 +93,13 @@ def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
             want = f"{lo}" if lo == hi else f"{lo} to {hi}" if hi is not None else f"at least {lo}"
             raise AprError(f"{kind.name} {name} takes {want} model(s), got {len(models)}")
         given = {k: v for k, v in raw.items() if v is not None}
-        params = technique.resolve_params(given)
+        params = technique.resolve_params(given, kind.options)
         ctx = _context(quiet, seed=seed)
-        if plan:
-            inputs = [pipeline.load(m, verify=False) for m in models]
-            report = technique.plan(inputs, params, ctx)
+        ctx.verbose = verbose
+        if plan or actions:
+            inputs = [pipeline.load(m, verify=not plan) for m in models]
+            report = (getattr(technique, actions[0])(inputs, params, ctx) if actions
+                      else technique.plan(inputs, params, ctx))
             _emit_json(report) if as_json else _print_plan(report)
             return
         if not output:
@@ -109,24 +112,28 @@ def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
         summary = {
             "command": kind.name, "technique": name, "output": written, "format": fmt_name,
             "params": result.provenance[-1]["params"], "seconds": round(time.perf_counter() - start, 3),
-            "report": ctx.extra.get("report", {}),
+            "report": ctx.report,
         }
         if as_json:
             _emit_json(summary)
         else:
             click.echo(f"{kind.name} {name}: wrote {written} ({fmt_name}) in {summary['seconds']:.1f}s")
-            for k, v in summary["report"].items():
+            for k, v in ctx.report.items():
                 click.echo(f"  {k}: {v}")
 
     params: list[click.Parameter] = [
         click.Argument(["models"], nargs=-1),
         click.Option([f"--{kind.selector}"], type=str, default=None, metavar="NAME",
-                     help=f"Technique to apply ({selector_help})."),
+                     help=f"Technique to apply{f' (default {kind.default})' if kind.default else ''}: "
+                          f"{selector_help}."),
         click.Option(["-o", "--output"], default=None, help="Output path (.apr, .safetensors, .gguf or a directory)."),
         click.Option(["--format", "fmt"], default=None, help="Output format (default: from the extension)."),
         click.Option(["--plan"], is_flag=True, help="Print what would happen (sizes, memory) and exit."),
+        *[click.Option([f"--{a}"], is_flag=True, help=f"Run the technique's {a} report; writes nothing.")
+          for a in kind.actions],
         click.Option(["--json", "as_json"], is_flag=True, help="Machine-readable summary on stdout."),
         click.Option(["--seed"], type=int, default=0, show_default=True, help="Seed for random techniques."),
+        click.Option(["-v", "--verbose"], is_flag=True, help="More detail in reports."),
         click.Option(["-q", "--quiet"], is_flag=True, help="No progress output on stderr."),
     ]
     params.extend(o for o in options if o.name != kind.selector)
@@ -152,9 +159,10 @@ class AprGroup(click.Group):
         from .plugins import manager
 
         _, registry = manager()
-        kinds = dict(CORE_KINDS)
-        kinds.update({name: k for name, (k, _p) in registry.kinds.items()})
-        return {n: k for n, k in kinds.items() if registry.of_kind(n)}
+        from . import pipeline
+
+        names = {k for k, _ in registry.techniques if k in CORE_KINDS or k in registry.kinds}
+        return {n: pipeline.kind(n) for n in names}
 
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | set(self._kinds()) | {"eval"})

@@ -8,7 +8,7 @@ generated from the same declarations, so the three never disagree.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import AprError
@@ -36,7 +36,6 @@ class Param:
     choices: tuple[str, ...] = ()
     required: bool = False
     flag: str | None = None
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
         if self.type not in TYPES:

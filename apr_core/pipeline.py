@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AprError
+from .kinds import CORE_KINDS
 from .model import LazyTensor, Model, TensorSpec
 from .plugins import manager
-from .technique import EvaluateTechnique, RunContext, TransformTechnique
+from .technique import EvaluateTechnique, Kind, RunContext, TransformTechnique
 
 EXTENSIONS = {".apr": "apr", ".safetensors": "safetensors", ".gguf": "gguf"}
 FLOAT_DTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "float32": "F32", "float16": "F16",
@@ -95,18 +96,29 @@ def transform_technique(kind: str, name: str) -> TransformTechnique:
     return technique
 
 
-def transform(kind: str, name: str, inputs: list[Model], raw_params: dict[str, Any],
+def kind(name: str) -> Kind:
+    """The command family ``name``: a core kind or one a plugin registered."""
+    _, registry = manager()
+    if name in registry.kinds:
+        return registry.kinds[name][0]
+    if name in CORE_KINDS:
+        return CORE_KINDS[name]
+    raise AprError(f"unknown technique kind {name!r}")
+
+
+def transform(kind_name: str, name: str, inputs: list[Model], raw_params: dict[str, Any],
               context: RunContext | None = None) -> Model:
-    """Validate parameters, run the technique through the apr_transform hook, record provenance."""
+    """Validate parameters (the technique's and its kind's shared options), run the technique
+    through the apr_transform hook, and record provenance."""
     pm, _ = manager()
-    technique = transform_technique(kind, name)
-    params = technique.resolve_params(raw_params)
+    technique = transform_technique(kind_name, name)
+    params = technique.resolve_params(raw_params, kind(kind_name).options)
     context = context or RunContext()
     result = pm.hook.apr_transform(technique=technique, inputs=inputs, params=params, context=context)
     recorded = dict(params)
     if technique.random:
         recorded["seed"] = context.seed
-    return result.with_operation(kind, name, recorded, inputs)
+    return result.with_operation(kind_name, name, recorded, inputs)
 
 
 def evaluate(name: str, model: Model, raw_params: dict[str, Any], context: RunContext | None = None) -> dict:

@@ -19,7 +19,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import AprError, PluginError
-from .technique import EvaluateTechnique, Kind, Technique, TransformTechnique
+from .technique import Kind, Technique
 
 GROUP = "apr"
 ENV_ALLOW = "APR_PLUGINS"
@@ -78,9 +78,9 @@ class Registry:
                 raise PluginError(f"plugin {plugin} redefines command kind {obj.name!r} (first defined by {prior[1]})")
             self.kinds[obj.name] = (obj, plugin)
             return
-        if not isinstance(obj, (TransformTechnique, EvaluateTechnique)):
-            raise PluginError(f"plugin {plugin} registered {obj!r}: expected a TransformTechnique, "
-                              f"EvaluateTechnique or Kind")
+        if not isinstance(obj, Technique):
+            raise PluginError(f"plugin {plugin} registered {obj!r}: expected a Technique "
+                              f"(TransformTechnique, EvaluateTechnique ...) or a Kind")
         if not obj.name or not obj.kind:
             raise PluginError(f"plugin {plugin} registered a technique without a name or kind: {obj!r}")
         key = (obj.kind, obj.name)

@@ -30,7 +30,11 @@ class Kind:
     :param min_inputs: fewest positional model arguments.
     :param max_inputs: most positional model arguments (None: unlimited).
     :param default: technique used when the selector is omitted (None: required).
-    :param options: parameters common to every technique of the kind.
+    :param options: parameters common to every technique of the kind; their
+        values are validated and passed to the technique with its own params.
+    :param actions: extra modes that write nothing, each a CLI flag
+        (``--analyze``) that calls the technique method of that name with
+        ``(inputs, params, context)`` and prints the report it returns.
     """
 
     name: str
@@ -40,17 +44,23 @@ class Kind:
     max_inputs: int | None = 1
     default: str | None = None
     options: tuple[Param, ...] = ()
+    actions: tuple[str, ...] = ()
 
 
 @dataclass
 class RunContext:
-    """Per-run settings handed to techniques: seed, device, logging and progress."""
+    """Per-run settings handed to techniques: seed, device, logging and progress.
+
+    ``report`` is where a technique puts what the user should see about the
+    run (achieved sparsity, bits per weight, vocabulary notes); the CLI prints
+    it and includes it in ``--json``.
+    """
 
     seed: int = 0
     device: str = "cpu"
     quiet: bool = False
-    workdir: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    verbose: bool = False
+    report: dict[str, Any] = field(default_factory=dict)
 
     def log(self, message: str) -> None:
         """A human-readable progress line on stderr (never stdout, which carries --json)."""
@@ -75,9 +85,10 @@ class Technique(ABC):
     #: True if the output depends on ``--seed`` (then the seed is recorded and honoured)
     random: bool = False
 
-    def resolve_params(self, raw: dict[str, Any]) -> dict[str, Any]:
-        """Validate user values against the declared params, fill defaults, then `check`."""
-        values = resolve(self.params, raw, f"{self.kind} {self.name}")
+    def resolve_params(self, raw: dict[str, Any], shared: tuple[Param, ...] = ()) -> dict[str, Any]:
+        """Validate user values against the declared params (plus the kind's ``shared`` ones),
+        fill defaults, then `check`."""
+        values = resolve(self.params + shared, raw, f"{self.kind} {self.name}")
         self.check(values)
         return values
 

@@ -138,3 +138,52 @@ def test_disallowed_option_for_a_technique_is_one_line(example_site, llama_apr, 
     proc = run_apr("merge", llama_apr, "--strategy", "median", "-o", str(tmp_path / "p.apr"), env=env)
     assert proc.returncode == 2 and "takes at least 2" in proc.stderr
     assert not (tmp_path / "p.apr").exists()
+
+
+def test_plugin_kinds_with_shared_options_and_actions(tmp_path, llama_apr):
+    """A plugin can add a command family; shared options reach techniques; actions write nothing."""
+    from apr_core import plugins
+    from apr_core.cli import main
+    from apr_core.params import Param
+    from apr_core.technique import Kind
+
+    seen = {}
+
+    class Scale(TransformTechnique):
+        kind = "rescale"
+        name = "scale"
+        summary = "multiply every weight"
+        params = (Param("factor", "float", 1.0, min=0),)
+
+        def transform(self, inputs, params, context):
+            seen["transform"] = dict(params)
+            context.report["factor"] = params["factor"]
+            return inputs[0]
+
+        def audit(self, inputs, params, context):
+            seen["audit"] = dict(params)
+            return {"tensors": len(inputs[0].tensors), "strict": params["strict"]}
+
+    kind = Kind("rescale", "how", "Rescale weights.", options=(Param("strict", "bool", False),),
+                actions=("audit",))
+
+    class P:
+        @hookimpl
+        def apr_register_techniques(self, register):
+            register(kind)
+            register(Scale())
+
+    plugins.use(build(extra_plugins=[("rescale", P())]))
+    try:
+        with pytest.raises(SystemExit) as code:
+            main(["rescale", llama_apr, "--how", "scale", "--audit", "--strict", "--json"])
+        assert code.value.code == 0 and seen["audit"] == {"factor": 1.0, "strict": True}
+        assert not list(tmp_path.iterdir())
+        with pytest.raises(SystemExit) as code:
+            main(["rescale", llama_apr, "--how", "scale", "--factor", "2", "-o", str(tmp_path / "o.apr")])
+        assert code.value.code == 0 and seen["transform"] == {"factor": 2.0, "strict": False}
+        with pytest.raises(SystemExit) as code:
+            main(["rescale", llama_apr, "--how", "scale", "--factor", "-1", "-o", str(tmp_path / "p.apr")])
+        assert code.value.code == 2 and not (tmp_path / "p.apr").exists()
+    finally:
+        plugins.use(None)
