@@ -96,6 +96,10 @@ def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
         params = technique.resolve_params(given, kind.options)
         ctx = _context(quiet, seed=seed)
         ctx.verbose = verbose
+        if actions and not hasattr(technique, actions[0]):
+            with_action = [n for n, r in techniques.items() if hasattr(r.technique, actions[0])]
+            raise AprError(f"{kind.name} {name} has no --{actions[0]}; use --{kind.selector} "
+                           f"{' or '.join(with_action) or '(none installed)'}")
         if plan or actions:
             inputs = [pipeline.load(m, verify=not plan) for m in models]
             report = (getattr(technique, actions[0])(inputs, params, ctx) if actions
@@ -142,12 +146,25 @@ def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
 
 
 def _print_plan(report: dict[str, Any]) -> None:
+    """Human-readable report: scalars as ``key: value``, lists of records as aligned tables."""
+    tables = []
     for key, value in report.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            tables.append((key, value))
+            continue
         if isinstance(value, int) and key.endswith("bytes"):
             value = f"{_human_bytes(value)} ({value} bytes)"
         elif isinstance(value, (dict, list)):
             value = json.dumps(value)
         click.echo(f"{key}: {value}")
+    for key, rows in tables:
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        cells = [[str(r.get(c, "")) for c in cols] for r in rows]
+        widths = [max(len(c), *(len(row[j]) for row in cells)) for j, c in enumerate(cols)]
+        click.echo(f"\n{key}:")
+        click.echo("  " + "  ".join(c.rjust(w) for c, w in zip(cols, widths)))
+        for row in cells:
+            click.echo("  " + "  ".join(v.rjust(w) for v, w in zip(row, widths)))
 
 
 # --------------------------------------------------------------------------- group

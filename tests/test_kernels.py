@@ -44,12 +44,31 @@ def test_prune_below_matches_reference(shape, dtype):
     assert torch.equal(ref, tri)
 
 
+@pytest.mark.parametrize("shape", [(1, 7), (5, 33), (3, 1100)])
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.5, 1.0])
+def test_row_prune_mask_matches_reference(shape, ratio):
+    g = torch.Generator().manual_seed(shape[1])
+    scores = torch.randn(shape, generator=g).abs()
+    scores[0, ::3] = 0.25  # a run of ties
+    scores[-1, :5] = 0.0
+    k = int(shape[1] * ratio)
+    ref = reference.row_prune_mask(scores, k)
+    tri = triton_impl.row_prune_mask(scores, k)
+    assert torch.equal(ref, tri)
+    assert (ref.sum(1) == k).all()
+    kept_min = torch.where(ref, torch.inf, scores).min(1).values
+    pruned_max = torch.where(ref, scores, -torch.inf).max(1).values
+    assert (pruned_max <= kept_min).all()
+
+
 def test_reference_definitions_are_independent_of_the_kernels():
     scores = torch.tensor([[1.0, 3.0, 2.0, 0.0, 5.0, 5.0, 1.0, 2.0]])
     assert reference.nm_mask(scores, 2, 4).tolist() == [[False, True, True, False, True, True, False, False]]
     w = torch.tensor([[1.0, -2.0, 3.0]])
     out = reference.prune_below_(w.clone(), w.abs(), torch.tensor([2.0]))
     assert out.tolist() == [[0.0, -2.0, 3.0]]
+    ties = torch.tensor([[2.0, 1.0, 1.0, 3.0, 1.0]])
+    assert reference.row_prune_mask(ties, 2).tolist() == [[False, True, True, False, False]]
 
 
 def test_dispatch_uses_triton_when_forced(monkeypatch):

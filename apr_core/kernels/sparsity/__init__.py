@@ -1,9 +1,11 @@
-"""Sparsity masks: N:M selection and row-threshold pruning, used by every pruning technique.
+"""Sparsity masks: N:M selection, row-wise top-k and row-threshold pruning.
 
 ``nm_mask(scores, n, m)`` keeps the ``n`` highest-scoring of each ``m``
 consecutive elements along the last dimension (ties go to the lower index,
-so results are deterministic). ``prune_below_(weight, scores, thresholds)``
-zeroes, in place, every weight whose score is below its row's threshold.
+so results are deterministic). ``row_prune_mask(scores, k)`` marks the ``k``
+lowest non-negative scores of every row (ties: lower column first).
+``prune_below_(weight, scores, thresholds)`` zeroes, in place, every weight
+whose score is below its row's threshold.
 """
 
 from __future__ import annotations
@@ -30,6 +32,17 @@ def nm_mask(scores, n: int, m: int):
 
         return tri.nm_mask(scores, n, m)
     return reference.nm_mask(scores, n, m)
+
+
+def row_prune_mask(scores, k: int):
+    """Boolean mask marking exactly ``k`` entries per row: the lowest scores (scores must be >= 0)."""
+    if scores.dim() != 2 or not 0 <= k <= scores.shape[1]:
+        raise AprError(f"row_prune_mask needs a 2-D score matrix and 0 <= k <= {scores.shape[-1]}, got k={k}")
+    if use_triton(scores):
+        from . import triton as tri
+
+        return tri.row_prune_mask(scores, k)
+    return reference.row_prune_mask(scores, k)
 
 
 def prune_below_(weight, scores, thresholds):

@@ -16,3 +16,13 @@ def nm_mask(scores, n: int, m: int):
 def prune_below_(weight, scores, thresholds):
     weight.masked_fill_(scores < thresholds[:, None].to(scores.dtype), 0)
     return weight
+
+
+def row_prune_mask(scores, k: int):
+    rows, cols = scores.shape
+    mask = scores.new_zeros(scores.shape, dtype=bool)
+    if k > 0:
+        # stable ascending sort: among equal scores the lower index is pruned first
+        lowest = scores.sort(dim=1, stable=True).indices[:, :k]
+        mask.scatter_(1, lowest, True)
+    return mask

@@ -1,0 +1,54 @@
+"""Magnitude pruning: remove the smallest |W| (the baseline of the Wanda and SparseGPT papers).
+
+Scores are compared across each whole weight matrix (layer-wise magnitude,
+as the Wanda paper's baseline), or within each group of M inputs for N:M.
+Needs no calibration, so it streams: each output tensor is pruned as the
+writer asks for it.
+"""
+
+from __future__ import annotations
+
+from apr_core.model import LazyTensor
+from apr_core.plugins import hookimpl
+
+from .common import PRUNE_KIND, SparsityTally, parse_pattern, prune_mask
+from .sparse import SparsePruner
+
+
+class Magnitude(SparsePruner):
+    name = "magnitude"
+    summary = "remove the smallest-magnitude weights of each matrix (no calibration)"
+    paper = "Han et al. 2015 (magnitude pruning); the layer-wise baseline of Sun et al. 2023"
+
+    def transform(self, inputs, params, context):
+        from apr_core.spill import TensorSpill
+
+        from .layerwise import layers_prefix
+
+        model = inputs[0]
+        nm = parse_pattern(params["pattern"])
+        prefix = layers_prefix(model.config)
+        tally = SparsityTally(nm, params["target_ratio"], model.param_count, context.report)
+        out = model.derive()
+        for name in model.names():
+            spec = model.spec(name)
+            if not (name.startswith(prefix) and name.endswith(".weight") and len(spec.shape) == 2):
+                continue
+
+            def load(lazy=model.tensors[name]):
+                t = lazy.load().clone()
+                t[prune_mask(t.float().abs(), params["target_ratio"], nm, per_row=False)] = 0
+                tally.add(t)
+                return t
+
+            out.tensors[name] = LazyTensor(spec, load)
+        spill = TensorSpill()
+        out.tensors.update(self._embedding_tensors(model, params, tally, spill))
+        out.keepalive = (model.keepalive, spill)
+        return out
+
+
+@hookimpl
+def apr_register_techniques(register):
+    register(PRUNE_KIND)
+    register(Magnitude())
