@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The main job on the embedded default model, one CLI call per stage, ending in one summary.
 
-    import smollm2-135m -> inspect -> perplexity (held-out code, prose) -> export HF -> logits check
+    import smollm2-135m -> inspect -> perplexity (held-out code, prose) -> prune (wanda 30%)
+    -> export HF -> logits check
 
 Each technique plugin adds its stage here and its line to the summary.
 Outputs land in runs/demo/ (or the directory given as the first argument).
@@ -59,6 +60,14 @@ def main() -> None:
         r = apr("eval", str(base), "--dataset", corpus, *PPL, "--json")
         rows.append((f"perplexity {corpus}", f"{r['value']:.3f} ({r['tokens']} tokens, seq {r['seq_len']}, "
                                              f"{r['tokens_per_second']:.0f} tok/s)"))
+    pruned = OUT / "pruned-30.apr"
+    t = time.perf_counter()
+    r = apr("prune", str(base), "--method", "wanda", "--target-ratio", "0.3", "--calibration-samples", "16",
+            "--calibration-seq-len", "128", "-o", str(pruned), "--json")
+    seconds = time.perf_counter() - t
+    e = apr("eval", str(pruned), "--dataset", "stdlib-code", *PPL, "--json")
+    rows.append(("prune wanda 30%", f"sparsity {r['report']['achieved_sparsity']:.3f} in {seconds:.0f}s "
+                                    f"(16 calibration windows), code perplexity {e['value']:.3f}"))
     apr("export", str(base), "--format", "hf", "-o", str(hf), "--json")
     diff = logits_match(base, hf)
     rows.append(("export hf", f"{hf}: transformers logits max |diff| = {diff:.2e}"))

@@ -13,14 +13,17 @@ from typing import Any
 
 from apr_core.errors import AprError
 from apr_core.params import Param
-from apr_core.technique import Kind
+from apr_core.technique import Kind, TransformTechnique
 
 PRUNE_KIND = Kind("prune", "method", "Remove weights, heads, channels or layers.", 1, 1, default="wanda",
                   actions=("analyze",))
 
-TARGET_RATIO = Param("target_ratio", "float", None,
-                     "Fraction of weights to remove (default 0.5, or what an N:M pattern implies)",
-                     min=0, max=1, min_exclusive=True, max_exclusive=True)
+def ratio_param(help_text: str, default: float | None) -> Param:
+    """``--target-ratio``, strictly between 0 and 1, with a method-specific meaning."""
+    return Param("target_ratio", "float", default, help_text, min=0, max=1, min_exclusive=True, max_exclusive=True)
+
+
+TARGET_RATIO = ratio_param("Fraction of weights to remove (default 0.5, or what an N:M pattern implies)", None)
 PATTERN = Param("pattern", "str", "unstructured",
                 "Sparsity pattern: unstructured, or N:M such as 2:4 or 4:8 (N kept of every M inputs)")
 CALIBRATION = Param("calibration", "str", None,
@@ -110,3 +113,17 @@ class SparsityTally:
         if self.nm is not None:
             self.report["nm_pattern"] = f"{self.nm[0]}:{self.nm[1]}"
             self.report["nm_verified"] = self.nm_ok
+
+
+class StructuralPruner(TransformTechnique):
+    """Methods that remove whole structures (heads, channels, layers, dimensions): shapes change."""
+
+    kind = "prune"
+    changes_shapes = True
+    random = True  # --seed picks the calibration windows
+    contract_ratio = "0.5"
+
+    def contract_params(self, workdir, inputs):
+        from .calibration import contract_calibration
+
+        return {"target_ratio": self.contract_ratio, **contract_calibration(workdir)}

@@ -17,9 +17,8 @@ from apr_core.errors import AprError
 from apr_core.model import LazyTensor, TensorSpec
 from apr_core.params import Param
 from apr_core.plugins import hookimpl
-from apr_core.technique import TransformTechnique
 
-from .common import CALIBRATION_PARAMS, PRUNE_KIND
+from .common import CALIBRATION_PARAMS, PRUNE_KIND, StructuralPruner, ratio_param
 
 PER_LAYER_CONFIG_LISTS = ("layer_types",)
 
@@ -45,12 +44,9 @@ def block_influence(model, params, context) -> list[float]:
     import torch
     import torch.nn.functional as F
 
-    from .calibration import calibration_windows
     from .layerwise import Layerwise
 
-    windows = calibration_windows(model, params["calibration"], params["calibration_samples"],
-                                  params["calibration_seq_len"], context.seed)
-    engine = Layerwise(model, windows, params["calibration_batch"])
+    engine = Layerwise.calibrated(model, params, context.seed)
     hidden = engine.inputs
     scores = []
     for i in context.progress(range(engine.num_layers), desc="block influence", total=engine.num_layers):
@@ -91,17 +87,13 @@ def drop_layers(model, remove: list[int], prefix: str):
     return out
 
 
-class Depth(TransformTechnique):
+class Depth(StructuralPruner):
     name = "depth"
-    kind = "prune"
     summary = "remove whole decoder layers by block influence (or --remove-layers)"
     paper = "Men et al. 2024, ShortGPT: Layers in Large Language Models are More Redundant Than You Expect"
-    changes_shapes = True
     config_changes = ("num_hidden_layers", "layer_types", "max_window_layers")
-    random = True  # --seed picks the calibration windows
     params = (
-        Param("target_ratio", "float", 0.25, "Fraction of decoder layers to remove (rounded, at least one)",
-              min=0, max=1, min_exclusive=True, max_exclusive=True),
+        ratio_param("Fraction of decoder layers to remove (rounded, at least one)", 0.25),
         Param("remove_layers", "str", None, "Layers to remove instead, e.g. 20-24 or 3,7-9 (0-based, inclusive)"),
     ) + CALIBRATION_PARAMS
 

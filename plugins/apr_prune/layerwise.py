@@ -50,6 +50,15 @@ def layers_prefix(config) -> str:
 class Layerwise:
     """Layer-at-a-time access to a `Model` for calibration-driven transforms."""
 
+    @classmethod
+    def calibrated(cls, model, params: dict, seed: int) -> "Layerwise":
+        """An engine over the calibration windows the prune parameters describe."""
+        from .calibration import calibration_windows
+
+        windows = calibration_windows(model, params["calibration"], params["calibration_samples"],
+                                      params["calibration_seq_len"], seed)
+        return cls(model, windows, params["calibration_batch"])
+
     def __init__(self, model, windows, batch_size: int = 8, dtype: str = "float32"):
         import torch
 

@@ -97,14 +97,11 @@ class CalibratedPruner(SparsePruner):
     def transform(self, inputs, params, context):
         from apr_core.spill import TensorSpill
 
-        from .calibration import calibration_windows
         from .layerwise import Layerwise
 
         model = inputs[0]
         nm = parse_pattern(params["pattern"])
-        windows = calibration_windows(model, params["calibration"], params["calibration_samples"],
-                                      params["calibration_seq_len"], context.seed)
-        engine = Layerwise(model, windows, params["calibration_batch"])
+        engine = Layerwise.calibrated(model, params, context.seed)
         spill = TensorSpill()
         tally = SparsityTally(nm, params["target_ratio"], model.param_count, context.report)
         out = model.derive(keepalive=(model.keepalive, spill))

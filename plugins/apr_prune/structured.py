@@ -21,9 +21,8 @@ import copy
 from apr_core.errors import AprError
 from apr_core.params import Param
 from apr_core.plugins import hookimpl
-from apr_core.technique import TransformTechnique
 
-from .common import CALIBRATION_PARAMS, PRUNE_KIND
+from .common import CALIBRATION_PARAMS, PRUNE_KIND, StructuralPruner, ratio_param
 
 
 def plan_sizes(cfg: dict, ratio: float, round_to: int) -> tuple[int, int]:
@@ -37,31 +36,21 @@ def plan_sizes(cfg: dict, ratio: float, round_to: int) -> tuple[int, int]:
     return drop, min(keep, inter)
 
 
-class Structured(TransformTechnique):
+class Structured(StructuralPruner):
     name = "structured"
-    kind = "prune"
     summary = "remove whole attention heads (per GQA group) and FFN channels; matrices shrink"
     paper = "Sun et al. 2023 (Wanda structured variant); head/channel removal as in Ma et al. 2023 (LLM-Pruner)"
-    changes_shapes = True
     config_changes = ("num_attention_heads", "intermediate_size", "head_dim")
-    random = True  # --seed picks the calibration windows
     params = (
-        Param("target_ratio", "float", 0.25, "Fraction of query heads (per KV group) and FFN channels to remove",
-              min=0, max=1, min_exclusive=True, max_exclusive=True),
+        ratio_param("Fraction of query heads (per KV group) and FFN channels to remove", 0.25),
         Param("round_to", "int", 8, "Keep a multiple of this many FFN channels (hardware-friendly shapes)", min=1),
     ) + CALIBRATION_PARAMS
-
-    def contract_params(self, workdir, inputs):
-        from .calibration import contract_calibration
-
-        return {"target_ratio": "0.5", **contract_calibration(workdir)}
 
     def transform(self, inputs, params, context):
         import torch
 
         from apr_core.spill import TensorSpill
 
-        from .calibration import calibration_windows
         from .layerwise import Layerwise, with_input_hooks
 
         model = inputs[0]
@@ -71,9 +60,7 @@ class Structured(TransformTechnique):
         drop, keep_ffn = plan_sizes(cfg, params["target_ratio"], params["round_to"])
         if drop == 0 and keep_ffn == int(cfg["intermediate_size"]):
             raise AprError(f"--target-ratio {params['target_ratio']} removes nothing at this model's granularity")
-        windows = calibration_windows(model, params["calibration"], params["calibration_samples"],
-                                      params["calibration_seq_len"], context.seed)
-        engine = Layerwise(model, windows, params["calibration_batch"])
+        engine = Layerwise.calibrated(model, params, context.seed)
         new_heads = heads - drop * kv
         new_cfg = copy.deepcopy(engine.skeleton.config)
         new_cfg.num_attention_heads, new_cfg.intermediate_size, new_cfg.head_dim = new_heads, keep_ffn, head_dim

@@ -28,9 +28,8 @@ from apr_core.errors import AprError
 from apr_core.model import LazyTensor, TensorSpec
 from apr_core.params import Param
 from apr_core.plugins import hookimpl
-from apr_core.technique import TransformTechnique
 
-from .common import CALIBRATION_PARAMS, PRUNE_KIND
+from .common import CALIBRATION_PARAMS, PRUNE_KIND, StructuralPruner, ratio_param
 
 # role of each per-layer tensor: which norm folds into it (readers) or that it writes the stream (writers)
 READERS = {"self_attn.q_proj.weight": "input_layernorm", "self_attn.k_proj.weight": "input_layernorm",
@@ -46,12 +45,9 @@ def stream_covariance(model, params, context):
     """Sum of h h^T over calibration tokens at every layer input and the final hidden state."""
     import torch
 
-    from .calibration import calibration_windows
     from .layerwise import Layerwise
 
-    windows = calibration_windows(model, params["calibration"], params["calibration_samples"],
-                                  params["calibration_seq_len"], context.seed)
-    engine = Layerwise(model, windows, params["calibration_batch"])
+    engine = Layerwise.calibrated(model, params, context.seed)
     d = int(model.text_config()["hidden_size"])
     cov = torch.zeros(d, d, dtype=torch.float64)
 
@@ -70,27 +66,19 @@ def stream_covariance(model, params, context):
     return cov
 
 
-class Width(TransformTechnique):
+class Width(StructuralPruner):
     name = "width"
-    kind = "prune"
     summary = "shrink the hidden size: PCA rotation (SliceGPT-style) or activation energy"
     paper = ("Ashkboos et al. 2024, SliceGPT: Compress Large Language Models by Deleting Rows and Columns "
              "(rotation); activation-energy channel selection")
-    changes_shapes = True
     config_changes = ("hidden_size", "head_dim", "tie_word_embeddings")
-    random = True  # --seed picks the calibration windows
+    contract_ratio = "0.25"
     params = (
-        Param("target_ratio", "float", 0.25, "Fraction of hidden dimensions to remove",
-              min=0, max=1, min_exclusive=True, max_exclusive=True),
+        ratio_param("Fraction of hidden dimensions to remove", 0.25),
         Param("criterion", "choice", "rotation", "How to choose the kept directions",
               choices=("rotation", "activation")),
         Param("round_to", "int", 8, "Keep a multiple of this many hidden dimensions", min=1),
     ) + CALIBRATION_PARAMS
-
-    def contract_params(self, workdir, inputs):
-        from .calibration import contract_calibration
-
-        return {"target_ratio": "0.25", **contract_calibration(workdir)}
 
     def transform(self, inputs, params, context):
         model = inputs[0]
