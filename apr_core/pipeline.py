@@ -118,7 +118,7 @@ def transform(kind_name: str, name: str, inputs: list[Model], raw_params: dict[s
     recorded = dict(params)
     if technique.random:
         recorded["seed"] = context.seed
-    return result.with_operation(kind_name, name, recorded, inputs)
+    return result.with_operation(kind_name, name, recorded, [*inputs, *context.extra_inputs])
 
 
 def evaluate(name: str, model: Model, raw_params: dict[str, Any], context: RunContext | None = None) -> dict:

@@ -54,6 +54,10 @@ class RunContext:
     ``report`` is where a technique puts what the user should see about the
     run (achieved sparsity, bits per weight, vocabulary notes); the CLI prints
     it and includes it in ``--json``.
+
+    ``extra_inputs`` holds models a technique loads itself (a merge's
+    ``--base-model``); `pipeline.transform` records them in provenance, with
+    their hashes, after the positional inputs.
     """
 
     seed: int = 0
@@ -61,6 +65,7 @@ class RunContext:
     quiet: bool = False
     verbose: bool = False
     report: dict[str, Any] = field(default_factory=dict)
+    extra_inputs: list[Any] = field(default_factory=list)
 
     def log(self, message: str) -> None:
         """A human-readable progress line on stderr (never stdout, which carries --json)."""

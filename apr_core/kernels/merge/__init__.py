@@ -1,0 +1,52 @@
+"""Merge kernels: DARE drop-and-rescale with a seeded counter-based RNG, and TIES combination.
+
+``dare_(delta, p, seed, offset)`` drops each entry of a flat float32 task
+vector with probability ``p`` and scales the survivors by 1/(1-p) (Yu et al.
+2023). The decision for element ``g`` (``offset`` + position) depends only on
+``(seed, g)`` through Philox4x32-10, so a tensor processed in chunks gets the
+same mask as in one piece, and CPU (reference) and GPU (Triton) drop the same
+entries. ``ties_combine(deltas, thresholds, weights, normalize)`` is TIES'
+trim / elect sign / disjoint mean over stacked task vectors (Yadav et al.
+2023). ``magnitude_threshold(delta, density)`` gives the trim threshold.
+"""
+
+from __future__ import annotations
+
+from ...errors import AprError
+from .. import use_triton
+from . import reference
+from .reference import drop_threshold, magnitude_threshold, rescale  # noqa: F401  (public)
+
+MAX_SEED = (1 << 63) - 1
+
+
+def dare_(delta, p: float, seed: int, offset: int = 0):
+    """Drop-and-rescale a contiguous 1-D float32 tensor in place; returns it."""
+    import torch
+
+    if delta.dim() != 1 or delta.dtype != torch.float32 or not delta.is_contiguous():
+        raise AprError("dare_ needs a contiguous 1-D float32 tensor")
+    if not 0 <= p < 1:
+        raise AprError(f"--drop-rate must be in [0, 1), got {p}")
+    if not 0 <= seed <= MAX_SEED or offset < 0:
+        raise AprError("dare_ needs 0 <= seed < 2**63 and a non-negative offset")
+    if use_triton(delta):
+        from . import triton as tri
+
+        return tri.dare_(delta, drop_threshold(p), rescale(p), seed, offset)
+    return reference.dare_(delta, p, seed, offset)
+
+
+def ties_combine(deltas, thresholds, weights, normalize: bool = True):
+    """TIES-merge stacked float32 task vectors ``deltas[K, n]`` into one ``[n]`` vector."""
+    import torch
+
+    if deltas.dim() != 2 or deltas.dtype != torch.float32:
+        raise AprError("ties_combine needs a 2-D float32 tensor of stacked task vectors")
+    if len(thresholds) != deltas.shape[0] or len(weights) != deltas.shape[0]:
+        raise AprError("ties_combine needs one threshold and one weight per task vector")
+    if use_triton(deltas):
+        from . import triton as tri
+
+        return tri.ties_combine(deltas, thresholds, weights, normalize)
+    return reference.ties_combine(deltas, thresholds, weights, normalize)

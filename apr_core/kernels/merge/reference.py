@@ -1,0 +1,119 @@
+"""Plain-torch references for the merge kernels: the definitions the Triton code must match.
+
+The DARE random stream is Philox4x32-10 (Salmon et al. 2011), computed here
+with 64-bit integer arithmetic exactly as Triton's ``tl.randint4x`` computes
+it on the GPU, so the same seed drops the same entries on CPU and GPU.
+Element ``g`` of a tensor takes word ``g % 4`` of the Philox output for
+counter ``g // 4`` (key = the 64-bit seed), and is dropped iff that 32-bit
+word is below ``round(p * 2**32)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+M32 = 0xFFFFFFFF
+ROUND_A, ROUND_B = 0xD2511F53, 0xCD9E8D57
+KEY_A, KEY_B = 0x9E3779B9, 0xBB67AE85
+ROUNDS = 10
+_CHUNK = 1 << 16  # counters per step: keeps the int64 temporaries in cache
+
+
+def philox4x32(counter, seed: int):
+    """The four 32-bit Philox4x32-10 words (as int64 tensors) for 64-bit ``counter``s and ``seed``.
+
+    Counter words are (counter lo, counter hi, 0, 0) and the key is (seed lo, seed hi),
+    as ``tl.randint4x(seed, counter)`` builds them. Products of two 32-bit values may wrap
+    int64; the low and high 32 bits of the wrapped value are still the true ones.
+    """
+    import torch
+
+    c0, c1 = counter & M32, (counter >> 32) & M32
+    c2 = torch.zeros_like(c0)
+    c3 = torch.zeros_like(c0)
+    k0, k1 = seed & M32, (seed >> 32) & M32
+    for _ in range(ROUNDS):
+        p0 = c0 * ROUND_A
+        p2 = c2 * ROUND_B
+        c0, c1, c2, c3 = ((p2 >> 32) & M32) ^ c1 ^ k0, p2 & M32, ((p0 >> 32) & M32) ^ c3 ^ k1, p0 & M32
+        k0, k1 = (k0 + KEY_A) & M32, (k1 + KEY_B) & M32
+    return c0, c1, c2, c3
+
+
+def random_words(seed: int, offset: int, n: int, device=None):
+    """32-bit random words (int64 tensor) for elements ``offset .. offset+n-1`` of a stream."""
+    import torch
+
+    if n == 0:
+        return torch.empty(0, dtype=torch.int64, device=device)
+    first, last = offset >> 2, (offset + n - 1) >> 2
+    parts = []
+    for start in range(first, last + 1, _CHUNK):
+        counters = torch.arange(start, min(start + _CHUNK, last + 1), dtype=torch.int64, device=device)
+        parts.append(torch.stack(philox4x32(counters, seed), dim=1).reshape(-1))
+    words = torch.cat(parts) if len(parts) > 1 else parts[0]
+    lead = offset & 3
+    return words[lead:lead + n]
+
+
+def drop_threshold(p: float) -> int:
+    """Entries whose random word is below this are dropped: round(p * 2**32)."""
+    return min(1 << 32, max(0, round(p * 4294967296.0)))
+
+
+def rescale(p: float) -> float:
+    """The survivors' factor 1/(1-p), rounded once to float32 so every device uses the same value."""
+    import struct
+
+    return struct.unpack("<f", struct.pack("<f", 1.0 / (1.0 - p)))[0]
+
+
+def dare_(delta, p: float, seed: int, offset: int = 0):
+    """DARE in place on a flat float tensor: drop with probability ``p``, scale survivors by 1/(1-p)."""
+    import torch
+
+    words = random_words(seed, offset, delta.numel(), delta.device)
+    keep = words >= drop_threshold(p)
+    scaled = delta * torch.tensor(rescale(p), dtype=delta.dtype)
+    delta.copy_(torch.where(keep, scaled, torch.zeros_like(delta)))
+    return delta
+
+
+def magnitude_threshold(delta, density: float) -> float:
+    """The k-th largest |delta| with k = max(1, round(density * n)): TIES keeps |delta| >= it."""
+    n = delta.numel()
+    if n == 0:
+        return math.inf
+    k = min(n, max(1, round(density * n)))
+    if k == n:
+        return 0.0
+    return float(delta.reshape(-1).abs().float().kthvalue(n - k + 1).values)
+
+
+def ties_combine(deltas, thresholds, weights, normalize: bool):
+    """TIES on stacked flat task vectors ``deltas[K, n]`` (Yadav et al. 2023).
+
+    trim: d_i = delta_i where |delta_i| >= thresholds[i], else 0;
+    elect: s = sign(sum_i w_i d_i) (the sign with the larger total weighted magnitude);
+    disjoint merge: sum of w_i d_i over the i whose d_i has sign s, divided by the sum
+    of those w_i when ``normalize`` (0 where no input agrees).
+    """
+    import torch
+
+    k = deltas.shape[0]
+    trimmed = [torch.where(deltas[i].abs() >= float(thresholds[i]), deltas[i], torch.zeros_like(deltas[i]))
+               for i in range(k)]
+    w = [torch.tensor(float(weights[i]), dtype=deltas.dtype) for i in range(k)]
+    total = torch.zeros_like(deltas[0])
+    for i in range(k):
+        total = total + w[i] * trimmed[i]
+    sign = torch.sign(total)
+    num = torch.zeros_like(total)
+    den = torch.zeros_like(total)
+    for i in range(k):
+        agree = (trimmed[i] * sign) > 0
+        num = num + torch.where(agree, w[i] * trimmed[i], torch.zeros_like(num))
+        den = den + torch.where(agree, w[i], torch.zeros_like(den))
+    if not normalize:
+        return num
+    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))

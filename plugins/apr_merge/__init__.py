@@ -1,0 +1,1 @@
+"""apr merge: average, weighted, slerp, task arithmetic, TIES, DARE and DARE-TIES, streamed tensor by tensor."""
