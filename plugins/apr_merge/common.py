@@ -106,7 +106,7 @@ class MergeTechnique(TransformTechnique):
         compute = torch.float64 if plan.spec.dtype == "F64" else torch.float32
         out = torch.empty(plan.spec.shape, dtype=ref.dtype)
         flat_out, flat_ref = out.reshape(-1), ref.reshape(-1)
-        views = [src.load().reshape(-1)[:plan.shared] for src in plan.sources]
+        views = [(ref if src is plan.reference else src.load()).reshape(-1)[:plan.shared] for src in plan.sources]
         base = flat_ref[:plan.shared] if self.uses_base else None
         state = self.prepare(plan, views, base, params, context)
         for start in range(0, plan.shared, CHUNK):
