@@ -54,7 +54,7 @@ class TaskVectorMerge(MergeTechnique):
 
         thresholds = []
         for v in views:
-            thresholds.append(magnitude_threshold(_delta(v, base), params["density"]))
+            thresholds.append(magnitude_threshold(_delta(v, base), params["density"], overwrite=True))
         return thresholds
 
     def prepare_bytes(self, numel, n_inputs):

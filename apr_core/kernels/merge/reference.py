@@ -79,15 +79,22 @@ def dare_(delta, p: float, seed: int, offset: int = 0):
     return delta
 
 
-def magnitude_threshold(delta, density: float) -> float:
-    """The k-th largest |delta| with k = max(1, round(density * n)): TIES keeps |delta| >= it."""
+def magnitude_threshold(delta, density: float, overwrite: bool = False) -> float:
+    """The k-th largest |delta| with k = max(1, round(density * n)): TIES keeps |delta| >= it.
+
+    ``overwrite=True`` lets a float32 ``delta`` be replaced by its magnitudes (saves a copy).
+    """
+    import torch
+
     n = delta.numel()
     if n == 0:
         return math.inf
     k = min(n, max(1, round(density * n)))
     if k == n:
         return 0.0
-    return float(delta.reshape(-1).abs().float().kthvalue(n - k + 1).values)
+    flat = delta.reshape(-1)
+    magnitudes = flat.abs_() if overwrite and flat.dtype == torch.float32 else flat.float().abs()
+    return float(magnitudes.kthvalue(n - k + 1).values)
 
 
 def ties_combine(deltas, thresholds, weights, normalize: bool):
