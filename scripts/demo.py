@@ -2,7 +2,7 @@
 """The main job on the embedded default model, one CLI call per stage, ending in one summary.
 
     import smollm2-135m -> inspect -> perplexity (held-out code, prose) -> prune (wanda 30%)
-    -> export HF -> logits check
+    -> merge (slerp base + pruned) -> export HF -> logits check
 
 Each technique plugin adds its stage here and its line to the summary.
 Outputs land in runs/demo/ (or the directory given as the first argument).
@@ -44,6 +44,16 @@ def logits_match(apr_path: Path, hf_dir: Path) -> float:
         return (ours(ids).logits - theirs(ids).logits).abs().max().item()
 
 
+def merge_stage(base: Path, pruned: Path) -> tuple[str, str]:
+    """SLERP the dense model with its pruned copy (85/15, the playbook's final round) and score it."""
+    merged = OUT / "merged-slerp.apr"
+    t = time.perf_counter()
+    apr("merge", str(base), str(pruned), "--strategy", "slerp", "--weights", "0.85,0.15", "-o", str(merged), "--json")
+    seconds = time.perf_counter() - t
+    e = apr("eval", str(merged), "--dataset", "stdlib-code", *PPL, "--json")
+    return "merge slerp 0.85/0.15", f"dense + pruned-30 in {seconds:.0f}s, code perplexity {e['value']:.3f}"
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     base, hf = OUT / "base.apr", OUT / "base-hf"
@@ -68,6 +78,7 @@ def main() -> None:
     e = apr("eval", str(pruned), "--dataset", "stdlib-code", *PPL, "--json")
     rows.append(("prune wanda 30%", f"sparsity {r['report']['achieved_sparsity']:.3f} in {seconds:.0f}s "
                                     f"(16 calibration windows), code perplexity {e['value']:.3f}"))
+    rows.append(merge_stage(base, pruned))
     apr("export", str(base), "--format", "hf", "-o", str(hf), "--json")
     diff = logits_match(base, hf)
     rows.append(("export hf", f"{hf}: transformers logits max |diff| = {diff:.2e}"))
