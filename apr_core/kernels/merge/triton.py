@@ -26,6 +26,16 @@ def _dare_kernel(d_ptr, n, offset, seed, threshold, scale, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _trimmed(d_ptr, t_ptr, w_ptr, i, n, j, inside):
+    """Task vector i at positions j with |d| < threshold_i set to 0, and its weight."""
+    row = (tl.zeros((), dtype=tl.int64) + i) * n  # 64-bit: K * n may exceed 2**31
+    d = tl.load(d_ptr + row + j, mask=inside, other=0.0)
+    t = tl.load(t_ptr + i)
+    d = tl.where(tl.abs(d) >= t, d, tl.zeros_like(d))
+    return d, tl.load(w_ptr + i)
+
+
+@triton.jit
 def _ties_kernel(d_ptr, t_ptr, w_ptr, out_ptr, n, K, NORMALIZE: tl.constexpr, BLOCK: tl.constexpr):
     """Trim |d_i| < t_i to zero, elect s = sign(sum_i w_i d_i), then
     out = sum_{i: sign(d_i) = s} w_i d_i  (/ sum of those w_i when NORMALIZE; 0 if none)."""
@@ -33,19 +43,13 @@ def _ties_kernel(d_ptr, t_ptr, w_ptr, out_ptr, n, K, NORMALIZE: tl.constexpr, BL
     inside = j < n
     total = tl.zeros((BLOCK,), dtype=tl.float32)
     for i in range(K):
-        d = tl.load(d_ptr + i * n + j, mask=inside, other=0.0)
-        t = tl.load(t_ptr + i)
-        w = tl.load(w_ptr + i)
-        d = tl.where(tl.abs(d) >= t, d, tl.zeros_like(d))
+        d, w = _trimmed(d_ptr, t_ptr, w_ptr, i, n, j, inside)
         total = total + w * d
     sign = tl.where(total > 0, 1.0, tl.where(total < 0, -1.0, 0.0))
     num = tl.zeros((BLOCK,), dtype=tl.float32)
     den = tl.zeros((BLOCK,), dtype=tl.float32)
     for i in range(K):
-        d = tl.load(d_ptr + i * n + j, mask=inside, other=0.0)
-        t = tl.load(t_ptr + i)
-        w = tl.load(w_ptr + i)
-        d = tl.where(tl.abs(d) >= t, d, tl.zeros_like(d))
+        d, w = _trimmed(d_ptr, t_ptr, w_ptr, i, n, j, inside)
         agree = d * sign > 0
         num = num + tl.where(agree, w * d, tl.zeros_like(d))
         den = den + tl.where(agree, w, tl.zeros_like(d))
