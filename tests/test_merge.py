@@ -357,3 +357,11 @@ def test_the_playbook_merge_tournament_runs_as_written(tmp_path):
         "--base-model", "base.apr", "-o", str(again))
     assert again.read_bytes() == (tmp_path / "round1.apr").read_bytes()
     assert_models_equal(read_apr(again), read_apr(tmp_path / "round1.apr"))
+
+
+def test_a_different_tokenizer_is_reported_and_the_reference_one_kept():
+    a, b = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+    b.tokenizer["tokenizer.json"] = b.tokenizer["tokenizer.json"].replace(b"<|im_end|>", b"<|im_stop|>")
+    out, report = merge("average", [a, b])
+    assert out.tokenizer == a.tokenizer
+    assert any("tokenizer of input 2" in n for n in report["notes"])

@@ -78,6 +78,10 @@ def align(reference: Model, models: list[Model], ref_label: str) -> tuple[list[T
         if quantized:
             raise AprError(f"{who} stores {quantized[0]} block-quantized ({m.spec(quantized[0]).dtype}); "
                            f"merge unquantized models (re-import without --preserve-quant)")
+    for m, who in zip(models, whos):
+        if m.tokenizer.get("tokenizer.json") != reference.tokenizer.get("tokenizer.json"):
+            notes.append(f"the tokenizer of {who} differs from that of {ref_label}; the output keeps "
+                         f"{ref_label}'s (rows are merged by token id)")
     ref_names = set(reference.tensors)
     for m, who in zip(models, whos):
         extra = sorted(set(m.tensors) - ref_names)

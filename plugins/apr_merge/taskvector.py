@@ -26,7 +26,8 @@ SCALING = Param("scaling", "float", 1.0, "lambda: the merged task vector is mult
                 "added to the base")
 NORMALIZE = Param("normalize", "bool", True, "Divide the weighted sum of task vectors by the sum of the weights "
                   "(a mean); --no-normalize adds them (Ilharco et al.'s sum)")
-WEIGHTS = weights_param("One weight per input model (default: equal)")
+WEIGHTS = weights_param("One weight per model: task-vector strategies weigh each task vector (default equal); "
+                        "weighted: shares, normalised; slerp: a,b shares of the first and second model")
 DENSITY = Param("density", "float", 0.2, "Fraction of each task vector kept, by magnitude, per tensor "
                 "(TIES' k; the paper's default keeps the top 20%)", min=0, max=1, min_exclusive=True)
 DROP_RATE = Param("drop_rate", "float", 0.3, "Probability of dropping each task-vector entry; survivors are "
