@@ -113,6 +113,19 @@ def test_magnitude_threshold_keeps_the_density_fraction():
         assert int((d.abs() >= t).sum()) == max(1, round(density * 1001))
 
 
+def test_chunked_radix_select_matches_kthvalue():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(30_011, generator=g)
+    x[::5] = 0.25  # many ties
+    x[1::7] = -0.0
+    x[2::11] = 1e-40  # subnormals
+    chunks = lambda: (x[s:s + 4096] for s in range(0, x.numel(), 4096))  # noqa: E731
+    for density in (0.001, 0.1, 0.3, 0.77, 0.9999):
+        k = max(1, round(density * x.numel()))
+        expect = float(x.abs().kthvalue(x.numel() - k + 1).values)
+        assert reference.kth_largest_magnitude(chunks, x.numel(), density) == expect
+
+
 def test_dispatch_and_argument_checks(monkeypatch):
     d = torch.randn(50)
     monkeypatch.setenv("APR_KERNELS", "triton")

@@ -51,10 +51,6 @@ class MergeTechnique(TransformTechnique):
         """Merged float32 values for elements ``start .. start+len`` of one tensor."""
         raise NotImplementedError
 
-    def prepare_bytes(self, numel: int, n_inputs: int) -> int:
-        """Extra memory ``prepare`` needs for a tensor of ``numel`` elements (for --plan)."""
-        return 0
-
     def check_inputs(self, inputs: list[Model], params: dict[str, Any]) -> None:
         """Checks that need the number of inputs (weights count ...)."""
         weights = params.get("weights")
@@ -122,7 +118,7 @@ class MergeTechnique(TransformTechnique):
         k = len(inputs)
         peak = 0
         for p in plans:
-            work = min(p.shared, CHUNK) * 4 * (2 * k + 4) + self.prepare_bytes(p.shared, k)
+            work = min(p.shared, CHUNK) * 4 * (2 * k + 4)
             peak = max(peak, p.spec.nbytes + work)
         rows = [{"role": f"input {i + 1}", "source": m.source, "params": m.param_count, "bytes": m.nbytes}
                 for i, m in enumerate(inputs)]

@@ -51,15 +51,14 @@ class TaskVectorMerge(MergeTechnique):
     def prepare(self, plan, views, base, params, context):
         if self.sparsify != "magnitude":
             return None
-        from apr_core.kernels.merge import magnitude_threshold
+        from apr_core.kernels.merge import kth_largest_magnitude
 
-        thresholds = []
-        for v in views:
-            thresholds.append(magnitude_threshold(_delta(v, base), params["density"], overwrite=True))
-        return thresholds
+        from .common import CHUNK
 
-    def prepare_bytes(self, numel, n_inputs):
-        return numel * 4 * 3 if self.sparsify == "magnitude" else 0
+        def task_vector(v):
+            return lambda: (v[s:s + CHUNK].float() - base[s:s + CHUNK].float() for s in range(0, v.numel(), CHUNK))
+
+        return [kth_largest_magnitude(task_vector(v), v.numel(), params["density"]) for v in views]
 
     def combine(self, chunks, base, state, start, plan, params, context):
         import torch
@@ -83,15 +82,3 @@ class TaskVectorMerge(MergeTechnique):
                 merged /= sum(weights)
         return base + params["scaling"] * merged.to(base.dtype)
 
-
-def _delta(view, base):
-    """The whole task vector x - base of one tensor in float32, built chunk by chunk so no
-    float32 copy of either operand is made."""
-    import torch
-
-    from .common import CHUNK
-
-    out = torch.empty(view.numel(), dtype=torch.float32)
-    for s in range(0, view.numel(), CHUNK):
-        out[s:s + CHUNK] = view[s:s + CHUNK].float() - base[s:s + CHUNK].float()
-    return out

@@ -79,22 +79,51 @@ def dare_(delta, p: float, seed: int, offset: int = 0):
     return delta
 
 
-def magnitude_threshold(delta, density: float, overwrite: bool = False) -> float:
-    """The k-th largest |delta| with k = max(1, round(density * n)): TIES keeps |delta| >= it.
+def magnitude_threshold(delta, density: float) -> float:
+    """The k-th largest |delta| with k = max(1, round(density * n)): TIES keeps |delta| >= it."""
+    flat = delta.reshape(-1)
+    return kth_largest_magnitude(lambda: iter((flat,)), flat.numel(), density)
 
-    ``overwrite=True`` lets a float32 ``delta`` be replaced by its magnitudes (saves a copy).
+
+def kth_largest_magnitude(chunks, n: int, density: float) -> float:
+    """Exact k-th largest |x| over the float tensors ``chunks()`` yields (``n`` elements in all).
+
+    A two-pass radix select on the float32 bit patterns, which order like the values for
+    non-negative floats: count the upper 16 bits, find the bucket holding the k-th largest,
+    then count the lower 16 bits inside it. Memory is one chunk, whatever ``n`` is, so a
+    tensor's task vector never has to exist in full. ``chunks`` is called twice.
     """
     import torch
 
-    n = delta.numel()
     if n == 0:
         return math.inf
     k = min(n, max(1, round(density * n)))
     if k == n:
         return 0.0
-    flat = delta.reshape(-1)
-    magnitudes = flat.abs_() if overwrite and flat.dtype == torch.float32 else flat.float().abs()
-    return float(magnitudes.kthvalue(n - k + 1).values)
+
+    def bits(chunk):
+        return chunk.float().abs().view(torch.int32)
+
+    high = torch.zeros(1 << 16, dtype=torch.int64)
+    for chunk in chunks():
+        high += torch.bincount((bits(chunk) >> 16).reshape(-1), minlength=1 << 16).cpu()
+    bucket, rank = _from_top(high, k)
+    low = torch.zeros(1 << 16, dtype=torch.int64)
+    for chunk in chunks():
+        b = bits(chunk).reshape(-1)
+        low += torch.bincount(b[(b >> 16) == bucket] & 0xFFFF, minlength=1 << 16).cpu()
+    sub, _ = _from_top(low, rank)
+    return float(torch.tensor([(bucket << 16) | sub], dtype=torch.int32).view(torch.float32))
+
+
+def _from_top(counts, k: int) -> tuple[int, int]:
+    """The bucket holding the k-th largest element, and that element's rank inside the bucket."""
+    import torch
+
+    above = torch.flip(torch.cumsum(torch.flip(counts, [0]), 0), [0])  # elements in buckets >= i
+    bucket = int(torch.nonzero(above >= k).max())
+    beyond = int(above[bucket + 1]) if bucket + 1 < len(counts) else 0
+    return bucket, k - beyond
 
 
 def ties_combine(deltas, thresholds, weights, normalize: bool):
