@@ -16,44 +16,49 @@ M32 = 0xFFFFFFFF
 ROUND_A, ROUND_B = 0xD2511F53, 0xCD9E8D57
 KEY_A, KEY_B = 0x9E3779B9, 0xBB67AE85
 ROUNDS = 10
-_CHUNK = 1 << 16  # counters per step: keeps the int64 temporaries in cache
+# Counters per step: the temporaries stay in cache. numpy rather than torch: torch would split
+# these small integer ops across threads, and spinning workers make that 10-100x slower on a
+# busy machine; numpy runs them on one thread.
+_CHUNK = 1 << 13
 
 
 def philox4x32(counter, seed: int):
-    """The four 32-bit Philox4x32-10 words (as int64 tensors) for 64-bit ``counter``s and ``seed``.
+    """The four 32-bit Philox4x32-10 words for a numpy uint64 array of ``counter``s and a 64-bit ``seed``.
 
-    Counter words are (counter lo, counter hi, 0, 0) and the key is (seed lo, seed hi),
-    as ``tl.randint4x(seed, counter)`` builds them. Products of two 32-bit values may wrap
-    int64; the low and high 32 bits of the wrapped value are still the true ones.
+    Counter words are (counter lo, counter hi, 0, 0) and the key is (seed lo, seed hi), as
+    ``tl.randint4x(seed, counter)`` builds them. uint64 products of two 32-bit values are exact.
     """
-    import torch
+    import numpy as np
 
-    c0, c1 = counter & M32, (counter >> 32) & M32
-    c2 = torch.zeros_like(c0)
-    c3 = torch.zeros_like(c0)
+    m32, s32 = np.uint64(M32), np.uint64(32)
+    a, b = np.uint64(ROUND_A), np.uint64(ROUND_B)
+    c0, c1 = counter & m32, counter >> s32
+    c2 = np.zeros_like(c0)
+    c3 = np.zeros_like(c0)
     k0, k1 = seed & M32, (seed >> 32) & M32
     for _ in range(ROUNDS):
-        p0 = c0 * ROUND_A
-        p2 = c2 * ROUND_B
-        c0, c1, c2, c3 = ((p2 >> 32) & M32) ^ c1 ^ k0, p2 & M32, ((p0 >> 32) & M32) ^ c3 ^ k1, p0 & M32
+        p0, p2 = c0 * a, c2 * b
+        c0, c1, c2, c3 = (p2 >> s32) ^ c1 ^ np.uint64(k0), p2 & m32, (p0 >> s32) ^ c3 ^ np.uint64(k1), p0 & m32
         k0, k1 = (k0 + KEY_A) & M32, (k1 + KEY_B) & M32
     return c0, c1, c2, c3
 
 
 def random_words(seed: int, offset: int, n: int, device=None):
     """32-bit random words (int64 tensor) for elements ``offset .. offset+n-1`` of a stream."""
+    import numpy as np
     import torch
 
     if n == 0:
         return torch.empty(0, dtype=torch.int64, device=device)
     first, last = offset >> 2, (offset + n - 1) >> 2
-    parts = []
+    words = np.empty((last + 1 - first, 4), dtype=np.uint64)
     for start in range(first, last + 1, _CHUNK):
-        counters = torch.arange(start, min(start + _CHUNK, last + 1), dtype=torch.int64, device=device)
-        parts.append(torch.stack(philox4x32(counters, seed), dim=1).reshape(-1))
-    words = torch.cat(parts) if len(parts) > 1 else parts[0]
+        stop = min(start + _CHUNK, last + 1)
+        counters = np.arange(start, stop, dtype=np.uint64)
+        for lane, w in enumerate(philox4x32(counters, seed)):
+            words[start - first:stop - first, lane] = w
     lead = offset & 3
-    return words[lead:lead + n]
+    return torch.from_numpy(words.reshape(-1).view(np.int64)[lead:lead + n]).to(device)
 
 
 def drop_threshold(p: float) -> int:
