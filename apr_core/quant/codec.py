@@ -9,6 +9,7 @@ That lets an embedding lookup dequantize only the rows it needs.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from ..dtypes import DType, by_name
@@ -65,8 +66,9 @@ class Codec:
         x = w.detach().to("cpu", torch.float32).reshape(-1, cols)
         # a tensor-wide prefix (AprQ8's scale) needs every row at once; others go in chunks
         step = x.shape[0] if self.dt.prefix_bytes else max(1, CHUNK_ELEMENTS // max(cols, 1))
-        parts = [self.encode_rows(x[r:r + step].contiguous()).reshape(-1)
-                 for r in range(0, max(x.shape[0], 1), step)]
+        with one_thread():
+            parts = [self.encode_rows(x[r:r + step].contiguous()).reshape(-1)
+                     for r in range(0, max(x.shape[0], 1), step)]
         out = torch.cat(parts) if len(parts) != 1 else parts[0]
         assert out.dtype == torch.uint8 and out.numel() == self.dt.nbytes(tuple(w.shape))
         return out
@@ -105,6 +107,20 @@ def _numel(shape) -> int:
     for d in shape:
         n *= int(d)
     return n
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Quantize on one thread: the k-quant search runs thousands of ~100k-element ops, and with
+    intra-op threads each pays a hand-off that dominated (up to 100x) on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 # -- helpers shared by the codecs --------------------------------------------------------

@@ -25,7 +25,8 @@ def _signed_absmax(blocks):
 def _inverse(d):
     import torch
 
-    return torch.where(d == 0, torch.zeros_like(d), 1.0 / torch.where(d == 0, torch.ones_like(d), d))
+    safe = torch.where(d == 0, torch.ones_like(d), d)
+    return torch.where(d == 0, torch.zeros_like(d), torch.div(torch.ones_like(d), safe))
 
 
 class Q8_0(Codec):

@@ -26,47 +26,66 @@ GROUP_MAX_EPS = 1e-15
 
 
 def _seqsum(terms):
-    """Sum along dim 1 left to right in float32, as a C ``for`` loop accumulates."""
-    acc = terms[:, 0].clone()
-    for i in range(1, terms.shape[1]):
-        acc += terms[:, i]
+    """Sum over dim 0 (the block positions) front to back in float32, as a C loop accumulates.
+
+    Positions are the leading dimension so that every step adds one contiguous slab.
+    """
+    acc = terms[0].clone()
+    for i in range(1, terms.shape[0]):
+        acc += terms[i]
     return acc
 
 
-def _f32(v: float) -> float:
-    return float(np.float32(v))
+def _rdiv(numerator: float, t):
+    """``numerator / t`` as a true float32 division (torch computes ``scalar / tensor`` as
+    ``reciprocal(t) * scalar``, which rounds differently from C's division)."""
+    import torch
+
+    return torch.div(torch.full_like(t, numerator), t)
+
+
+def _f32(*values) -> float:
+    """A float32 expression evaluated in float32, left to right: _f32(a, b, c) = (a + b) + c."""
+    acc = np.float32(values[0])
+    for v in values[1:]:
+        acc = np.float32(acc + np.float32(v))
+    return float(acc)
 
 
 def make_qkx2_quants(x, weights, nmax: int, rmin: float, rdelta: float, nstep: int):
-    """Weighted asymmetric quantization of each row of ``x``: returns (scale, -min, L).
+    """Weighted asymmetric quantization of each column of ``x`` (positions x blocks).
 
-    Tries the plain min/max grid, then ``nstep + 1`` scaled grids, each refined by
-    a weighted least-squares fit of scale and min, keeping the smallest weighted
-    squared error (llama.cpp ``make_qkx2_quants`` with ``use_mad=false``).
+    Returns (scale, -min, L). Tries the plain min/max grid, then ``nstep + 1``
+    scaled grids, each refined by a weighted least-squares fit of scale and
+    min, keeping the smallest weighted squared error (llama.cpp
+    ``make_qkx2_quants`` with ``use_mad=false``). Codes are kept as exact
+    small integers in float32.
     """
     import torch
 
-    sum_w = _seqsum(weights)
-    sum_x = _seqsum(weights * x)
-    mn = x.amin(dim=1).clamp(max=0.0)
-    mx = x.amax(dim=1)
+    sums = _seqsum(torch.stack([weights, weights * x], dim=1))
+    sum_w, sum_x = sums[0], sums[1]
+    mn = x.amin(dim=0).clamp(max=0.0)
+    mx = x.amax(dim=0)
     flat = mx == mn
-    span = torch.where(flat, torch.ones_like(mx), mx - mn)
-    iscale = torch.full_like(mx, float(nmax)) / span
-    scale = 1.0 / iscale
-    L = nearest_int(iscale[:, None] * (x - mn[:, None])).clamp_(0, nmax)
-    diff = scale[:, None] * L.float() + mn[:, None] - x
-    best = _seqsum(weights * (diff * diff))
     mn0 = mn
+    span = torch.where(flat, torch.ones_like(mx), mx - mn)
+    iscale = _rdiv(nmax, span)
+    scale = _rdiv(1.0, iscale)
+    L = torch.round(iscale * (x - mn)).clamp_(0, nmax)
+    diff = scale * L + mn - x
+    best = _seqsum(weights * (diff * diff))
+    terms = torch.empty((x.shape[0], 3, x.shape[1]), dtype=x.dtype)
     for step in range(nstep + 1):
-        # llama.cpp reuses `min` here, which the previous steps may have replaced
+        # llama.cpp reuses `min` here, which earlier steps may have replaced
         span = torch.where(flat, torch.ones_like(mx), mx - mn)
-        factor = np.float32(rmin) + np.float32(rdelta) * np.float32(step) + np.float32(nmax)
-        cand_iscale = torch.full_like(mx, float(factor)) / span
-        laux = nearest_int(cand_iscale[:, None] * (x - mn[:, None])).clamp_(0, nmax)
-        lf = laux.float()
-        wl = weights * lf
-        sum_l, sum_l2, sum_xl = _seqsum(wl), _seqsum(wl * lf), _seqsum(wl * x)
+        factor = _f32(rmin, np.float32(rdelta) * np.float32(step), nmax)
+        laux = torch.round(_rdiv(factor, span) * (x - mn)).clamp_(0, nmax)
+        wl = weights * laux
+        torch.mul(wl, laux, out=terms[:, 1])
+        torch.mul(wl, x, out=terms[:, 2])
+        terms[:, 0] = wl
+        sum_l, sum_l2, sum_xl = _seqsum(terms)
         D = sum_w * sum_l2 - sum_l * sum_l
         ok = D > 0
         Dsafe = torch.where(ok, D, torch.ones_like(D))
@@ -76,37 +95,41 @@ def make_qkx2_quants(x, weights, nmax: int, rmin: float, rdelta: float, nstep: i
         l2safe = torch.where(sum_l2 == 0, torch.ones_like(sum_l2), sum_l2)
         this_scale = torch.where(pos, sum_xl / l2safe, this_scale)
         this_min = torch.where(pos, torch.zeros_like(this_min), this_min)
-        d = this_scale[:, None] * lf + this_min[:, None] - x
+        d = this_scale * laux + this_min - x
         mad = _seqsum(weights * (d * d))
         better = ok & (mad < best)
-        L = torch.where(better[:, None], laux, L)
+        L = torch.where(better, laux, L)
         best = torch.where(better, mad, best)
         scale = torch.where(better, this_scale, scale)
         mn = torch.where(better, this_min, mn)
-    L = torch.where(flat[:, None], torch.zeros_like(L), L)
+    L = torch.where(flat, torch.zeros_like(L), L)
     scale = torch.where(flat, torch.zeros_like(scale), scale)
     mn = torch.where(flat, mn0, mn)
     return scale, -mn, L
 
 
 def make_qx_quants(x, nmax: int):
-    """Symmetric quantization of each row of ``x`` with the x²-weighted scale search
-    (llama.cpp ``make_qx_quants`` with ``rmse_type=1``): returns (scale, L) with L in [0, 2*nmax)."""
+    """Symmetric quantization of each column of ``x`` (positions x blocks) with the x²-weighted
+    scale search (llama.cpp ``make_qx_quants``, ``rmse_type=1``): returns (scale, L), L in [0, 2*nmax)."""
     import torch
 
-    ax = x.abs()
-    amax, idx = ax.max(dim=1)  # first index of the largest magnitude
-    mx = torch.gather(x, 1, idx[:, None]).squeeze(1)
+    amax, idx = x.abs().max(dim=0)  # first position of the largest magnitude
+    mx = torch.gather(x, 0, idx[None]).squeeze(0)
     zero = amax < GROUP_MAX_EPS
     mx_safe = torch.where(zero, torch.ones_like(mx), mx)
+    wx = x * x * x  # w * x with w = x * x, as the C code multiplies
     w = x * x
+    terms = torch.empty((x.shape[0], 2, x.shape[1]), dtype=x.dtype)
 
-    def trial(iscale):
-        l = nearest_int(iscale[:, None] * x).clamp_(-nmax, nmax - 1)
-        lf = l.float()
-        return l, _seqsum(w * x * lf), _seqsum(w * lf * lf)
+    def trial(factor: float):
+        l = torch.round(_rdiv(factor, mx_safe) * x).clamp_(-nmax, nmax - 1)
+        torch.mul(wx, l, out=terms[:, 0])
+        torch.mul(w, l, out=terms[:, 1])
+        terms[:, 1] *= l
+        sumlx, suml2 = _seqsum(terms)
+        return l, sumlx, suml2
 
-    l, sumlx, suml2 = trial(torch.full_like(mx, float(-nmax)) / mx_safe)
+    l, sumlx, suml2 = trial(float(-nmax))
     L = l + nmax
     scale = torch.where(suml2 != 0, sumlx / torch.where(suml2 != 0, suml2, torch.ones_like(suml2)),
                         torch.zeros_like(sumlx))
@@ -114,14 +137,13 @@ def make_qx_quants(x, nmax: int):
     for step in range(-9, 10):
         if step == 0:
             continue
-        factor = np.float32(nmax) + np.float32(0.1) * np.float32(step)
-        l, sumlx, suml2 = trial(torch.full_like(mx, float(-factor)) / mx_safe)
+        l, sumlx, suml2 = trial(-_f32(nmax, np.float32(0.1) * np.float32(step)))
         better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-        L = torch.where(better[:, None], l + nmax, L)
+        L = torch.where(better, l + nmax, L)
         new_scale = sumlx / torch.where(suml2 > 0, suml2, torch.ones_like(suml2))
         scale = torch.where(better, new_scale, scale)
         best = torch.where(better, scale * sumlx, best)
-    L = torch.where(zero[:, None], torch.zeros_like(L), L)
+    L = torch.where(zero, torch.zeros_like(L), L)
     scale = torch.where(zero, torch.zeros_like(scale), scale)
     return scale, L
 
@@ -142,15 +164,16 @@ class Q4_K(Codec):
 
         sb = x.reshape(-1, 8, 32)
         n_sb = sb.shape[0]
-        sub = sb.reshape(-1, 32)
+        sub = sb.reshape(-1, 32).t().contiguous()  # positions x sub-blocks
         av_x = torch.sqrt(_seqsum(sub * sub) / 32)
-        weights = av_x[:, None] + sub.abs()
+        weights = av_x + sub.abs()
         scales, mins, L = make_qkx2_quants(sub, weights, 15, -1.0, 0.1, 20)
-        scales, mins, L = scales.reshape(n_sb, 8), mins.reshape(n_sb, 8), L.reshape(n_sb, 8, 32)
+        scales, mins = scales.reshape(n_sb, 8), mins.reshape(n_sb, 8)
+        L = L.t().reshape(n_sb, 8, 32)
         max_scale = _positive_max(scales)
         max_min = _positive_max(mins)
-        inv_scale = torch.where(max_scale > 0, 63.0 / torch.where(max_scale > 0, max_scale, 1.0), 0.0)
-        inv_min = torch.where(max_min > 0, 63.0 / torch.where(max_min > 0, max_min, 1.0), 0.0)
+        inv_scale = torch.where(max_scale > 0, _rdiv(63.0, torch.where(max_scale > 0, max_scale, 1.0)), 0.0)
+        inv_min = torch.where(max_min > 0, _rdiv(63.0, torch.where(max_min > 0, max_min, 1.0)), 0.0)
         ls = (nearest_int(inv_scale[:, None] * scales) & 0xFF).clamp_(max=63)
         lm = (nearest_int(inv_min[:, None] * mins) & 0xFF).clamp_(max=63)
         d16 = f16_bytes(max_scale / 63)
@@ -191,13 +214,13 @@ class Q6_K(Codec):
 
         sb = x.reshape(-1, 16, 16)
         n_sb = sb.shape[0]
-        scales, L = make_qx_quants(sb.reshape(-1, 16), 32)
-        scales, L = scales.reshape(n_sb, 16), L.reshape(n_sb, 16, 16)
+        scales, L = make_qx_quants(sb.reshape(-1, 16).t().contiguous(), 32)
+        scales, L = scales.reshape(n_sb, 16), L.t().reshape(n_sb, 16, 16)
         max_abs, idx = scales.abs().max(dim=1)
         max_scale = torch.gather(scales, 1, idx[:, None]).squeeze(1)
         zero = max_abs < GROUP_MAX_EPS
-        iscale = -128.0 / torch.where(zero, torch.ones_like(max_scale), max_scale)
-        d16 = f16_bytes(torch.where(zero, torch.zeros_like(iscale), 1.0 / iscale))
+        iscale = _rdiv(-128.0, torch.where(zero, torch.ones_like(max_scale), max_scale))
+        d16 = f16_bytes(torch.where(zero, torch.zeros_like(iscale), _rdiv(1.0, iscale)))
         sc = nearest_int(iscale[:, None] * scales).clamp_(max=127)
         sc = torch.where(zero[:, None], torch.zeros_like(sc), sc)
         d = read_f16(d16)[:, None] * sc.float()
