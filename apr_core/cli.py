@@ -322,7 +322,8 @@ def inspect_cmd(model, as_json, show_tensors, no_verify):
         _emit_json(info)
         return
     click.echo(f"{model}: {info['architecture']} ({info['model_type']})")
-    click.echo(f"  parameters: {info['params']:,}  size: {_human_bytes(info['bytes'])}  tensors: {info['tensor_count']}")
+    click.echo(f"  parameters: {info['params']:,}  size: {_human_bytes(info['bytes'])}  "
+               f"bits/weight: {info['bits_per_weight']}  tensors: {info['tensor_count']}")
     click.echo(f"  dtypes: {', '.join(f'{k} {v:,}' for k, v in info['dtypes'].items())}")
     arch = info["config"]
     click.echo("  " + ", ".join(f"{k}={v}" for k, v in arch.items() if v is not None))
@@ -334,7 +335,7 @@ def inspect_cmd(model, as_json, show_tensors, no_verify):
         click.echo(f"    - {rec.get('operation')} {rec.get('technique') or ''} {json.dumps(rec.get('params', {}))}")
     if show_tensors:
         for t in info["tensors"]:
-            click.echo(f"  {t['name']}: {t['dtype']} {t['shape']}")
+            click.echo(f"  {t['name']}: {t['dtype']} {t['shape']} ({t['bits_per_weight']} bits/weight)")
 
 
 def _eval_command() -> click.Command:

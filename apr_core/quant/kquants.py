@@ -165,7 +165,9 @@ class Q4_K(Codec):
         sb = x.reshape(-1, 8, 32)
         n_sb = sb.shape[0]
         sub = sb.reshape(-1, 32).t().contiguous()  # positions x sub-blocks
-        av_x = torch.sqrt(_seqsum(sub * sub) / 32)
+        # sqrt in float64 then rounded: the correctly rounded float32 sqrtf gives (torch's float32
+        # sqrt on CPU is off by an ulp at times, which moves a scale choice)
+        av_x = torch.sqrt(_seqsum(sub * sub).double() / 32).float()
         weights = av_x + sub.abs()
         scales, mins, L = make_qkx2_quants(sub, weights, 15, -1.0, 0.1, 20)
         scales, mins = scales.reshape(n_sb, 8), mins.reshape(n_sb, 8)
