@@ -24,11 +24,19 @@ NF4_LEVELS = (
 
 
 def _bitsandbytes():
+    import logging
+
+    # bitsandbytes logs a warning about optional matmul kernels on import; we only quantize
+    log = logging.getLogger("bitsandbytes")
+    level = log.level
+    log.setLevel(logging.ERROR)
     try:
         import bitsandbytes.functional as F
     except Exception as exc:  # ImportError, or a backend that fails to initialise
         raise AprError(f"nf4 needs bitsandbytes with a backend for this machine "
                        f"(pip install 'apr[quant]'): {str(exc).splitlines()[0][:120]}") from None
+    finally:
+        log.setLevel(level)
     return F
 
 
