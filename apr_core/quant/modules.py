@@ -57,7 +57,9 @@ class QuantLinear(_Quantized):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.codec.dequantize(self.raw, self.shape).to(x.dtype)
+        from ..kernels.quant import dequantize
+
+        w = dequantize(self.raw, self.dtype_name, self.shape).to(x.dtype)
         return nn.functional.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
 
 
