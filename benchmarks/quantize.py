@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Quantization benchmark: size, bits/weight, perplexity change and quantize speed per scheme.
 
-    python benchmarks/quantize.py [--out runs/bench-quantize] [--max-tokens 2048] [--models smollm2,fresh]
+    python benchmarks/quantize.py [--out runs/bench-quantize] [--max-tokens 1024] [--models smollm2,fresh]
 
 Models: SmolLM2-135M-Instruct (``apr import smollm2-135m``; it reaches us dequantized from a
 Q4_1 GGUF, so 4-bit schemes may look too good) and "fresh": a small llama (hidden 256, 4
 layers, FFN 768, SmolLM2's tokenizer) trained here for ``--fresh-steps`` steps from random
-initialisation on stdlib code, so its weights were never 4-bit (its k-quant rows fit 256).
+initialisation on stdlib code (batches of 4 x 128 tokens), so its weights were never 4-bit
+(and its rows fit k-quants' 256).
 Each scheme runs through the same code as ``apr quantize``; perplexity is measured on the
 first ``--max-tokens`` tokens of stdlib code and of Python-docs prose (windows of 512), side by
 side with the unquantized model in the same run. Throughput is float32 megabytes of the
@@ -57,18 +58,18 @@ def fresh_model(base, steps: int, out: Path) -> str:
     with quiet_transformers():
         ids = tok(load_corpus("stdlib-code").text, return_attention_mask=False)["input_ids"]
     train = torch.tensor(ids[50_000:], dtype=torch.long)
-    opt = torch.optim.AdamW(module.parameters(), lr=2e-3, weight_decay=0.01)
+    opt = torch.optim.AdamW(module.parameters(), lr=3e-3, weight_decay=0.01)
     g = torch.Generator().manual_seed(0)
     module.train()
     start = time.perf_counter()
     for step in range(steps):
-        offsets = torch.randint(0, train.numel() - 129, (8,), generator=g)
-        batch = torch.stack([train[o:o + 129] for o in offsets])
+        offsets = torch.randint(0, train.numel() - 128, (4,), generator=g)
+        batch = torch.stack([train[o:o + 128] for o in offsets])
         loss = module(input_ids=batch, labels=batch).loss  # the model shifts labels itself
         loss.backward()
         opt.step()
         opt.zero_grad()
-        if step % 50 == 0:
+        if step % 10 == 0:
             print(f"  fresh step {step}: loss {loss.item():.3f} ({time.perf_counter() - start:.0f}s)", flush=True)
     state = {k: v.detach().contiguous() for k, v in module.state_dict().items() if k != "lm_head.weight"}
     full = module.config.to_dict()
@@ -161,10 +162,10 @@ def table(results: list) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/bench-quantize")
-    ap.add_argument("--max-tokens", type=int, default=2048)
+    ap.add_argument("--max-tokens", type=int, default=1024)
     ap.add_argument("--models", default="smollm2,fresh")
     ap.add_argument("--schemes", default=",".join(SCHEMES))
-    ap.add_argument("--fresh-steps", type=int, default=200)
+    ap.add_argument("--fresh-steps", type=int, default=60)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(args.out)

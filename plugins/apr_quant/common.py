@@ -18,10 +18,10 @@ from apr_core.technique import Kind, TransformTechnique
 ALLOW_REQUANTIZE = Param("allow_requantize", "bool", False,
                          "Quantize tensors that are already quantized (their error compounds)")
 EVAL_DATASET = Param("eval_dataset", "str", "code",
-                     "--batch: corpus for the perplexity column (code, prose, or a file)")
+                     "Corpus for the perplexity column (code, prose, or a file)")
 EVAL_TOKENS = Param("eval_tokens", "int", 2048,
-                    "--batch: tokens of the corpus to evaluate (0 skips perplexity)", min=0)
-EVAL_SEQ_LEN = Param("eval_seq_len", "int", 512, "--batch: perplexity window length", min=2)
+                    "Tokens of the corpus to evaluate (0 skips perplexity)", min=0)
+EVAL_SEQ_LEN = Param("eval_seq_len", "int", 512, "Perplexity window length", min=2)
 
 QUANT_KIND = Kind("quantize", "scheme", "Store weights in fewer bits.", 1, 1,
                   options=(ALLOW_REQUANTIZE,), batch=True,
