@@ -24,9 +24,15 @@ def _f16_at(ptr, offs, mask):
 
 
 @triton.jit
-def _int4_dequant_kernel(raw_ptr, out_ptr, n_blocks, BLOCKS: tl.constexpr):
+def _block_range(n_blocks, BLOCKS: tl.constexpr):
+    """This program's block ids and which of them exist."""
     b = tl.program_id(0) * BLOCKS + tl.arange(0, BLOCKS)
-    valid = b < n_blocks
+    return b, b < n_blocks
+
+
+@triton.jit
+def _int4_dequant_kernel(raw_ptr, out_ptr, n_blocks, BLOCKS: tl.constexpr):
+    b, valid = _block_range(n_blocks, BLOCKS)
     base = b.to(tl.int64) * 18
     d = _f16_at(raw_ptr, base, valid)
     j = tl.arange(0, 16)
@@ -48,8 +54,7 @@ def _int4_codes(x, scale):
 
 @triton.jit
 def _int4_quant_kernel(x_ptr, out_ptr, n_blocks, BLOCKS: tl.constexpr):
-    b = tl.program_id(0) * BLOCKS + tl.arange(0, BLOCKS)
-    valid = b < n_blocks
+    b, valid = _block_range(n_blocks, BLOCKS)
     j = tl.arange(0, 16)
     src = b.to(tl.int64)[:, None] * 32 + j[None, :]
     lo = tl.load(x_ptr + src, mask=valid[:, None], other=0.0)
@@ -67,8 +72,7 @@ def _int4_quant_kernel(x_ptr, out_ptr, n_blocks, BLOCKS: tl.constexpr):
 
 @triton.jit
 def _q4k_dequant_kernel(raw_ptr, out_ptr, n_blocks, BLOCKS: tl.constexpr):
-    b = tl.program_id(0) * BLOCKS + tl.arange(0, BLOCKS)
-    valid = b < n_blocks
+    b, valid = _block_range(n_blocks, BLOCKS)
     base = b.to(tl.int64) * 144
     d = _f16_at(raw_ptr, base, valid)
     dmin = _f16_at(raw_ptr, base + 2, valid)
@@ -95,12 +99,20 @@ def _grid(n_blocks: int):
     return (triton.cdiv(n_blocks, BLOCKS),)
 
 
-def int4_dequantize(raw, rows: int, cols: int):
-    n = rows * cols // 32
+def _dequantize(kernel, raw, rows: int, cols: int, block: int):
+    n = rows * cols // block
     out = torch.empty(rows * cols, dtype=torch.float32, device=raw.device)
     if n:
-        _int4_dequant_kernel[_grid(n)](raw.contiguous(), out, n, BLOCKS=BLOCKS)
+        kernel[_grid(n)](raw.contiguous(), out, n, BLOCKS=BLOCKS)
     return out.reshape(rows, cols)
+
+
+def int4_dequantize(raw, rows: int, cols: int):
+    return _dequantize(_int4_dequant_kernel, raw, rows, cols, 32)
+
+
+def q4k_dequantize(raw, rows: int, cols: int):
+    return _dequantize(_q4k_dequant_kernel, raw, rows, cols, 256)
 
 
 def int4_quantize(x):
@@ -110,11 +122,3 @@ def int4_quantize(x):
     if n:
         _int4_quant_kernel[_grid(n)](x, out, n, BLOCKS=BLOCKS)
     return out
-
-
-def q4k_dequantize(raw, rows: int, cols: int):
-    n = rows * cols // 256
-    out = torch.empty(rows * cols, dtype=torch.float32, device=raw.device)
-    if n:
-        _q4k_dequant_kernel[_grid(n)](raw.contiguous(), out, n, BLOCKS=BLOCKS)
-    return out.reshape(rows, cols)
