@@ -135,6 +135,7 @@ def run_model(label: str, path: str, args, results: list) -> None:
                "fallbacks": ctx.report.get("fallbacks")}
         results.append(row)
         print(json.dumps(row), flush=True)
+        (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2))  # partial runs survive
         out_path.unlink()
     results.append({"model": label, "scheme": "q8_0 vs gguf-py", **q8_0_side_by_side(base)})
     print(json.dumps(results[-1]), flush=True)

@@ -56,8 +56,9 @@ def test_scheme_tensor_choices_and_model_still_runs(scheme, layer, embed, norm, 
     assert out.tokenizer == base.tokenizer and out.chat_template == base.chat_template
 
 
-def test_quantized_linear_matches_dequantized_weights():
-    base = tiny_model("qwen2", seed=1, **WIDE)  # tied embeddings: the head shares the Q6_K bytes
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3"])
+def test_quantized_linear_matches_dequantized_weights(arch):
+    base = tiny_model(arch, seed=1, **WIDE)  # tied embeddings: the head shares the Q6_K bytes
     out, _ = _quantize(base, "q4k")
     dense = out.derive()
     from apr_core.model import LazyTensor
@@ -227,3 +228,27 @@ def test_safetensors_format_keeps_quantized_blocks(model_apr, tmp_path):
     direct, _ = _quantize(pipeline.load(model_apr), "q8_0")
     assert torch.equal(back.tensor("model.layers.0.mlp.up_proj.weight"),
                        direct.tensor("model.layers.0.mlp.up_proj.weight"))
+
+
+def test_core_batch_validates_before_writing(model_apr, tmp_path):
+    from apr_core.errors import AprError as Err
+
+    assert pipeline.batch_directory("a/model.apr", "quantize", None) == Path("a/model-quantize")
+    assert pipeline.batch_directory("a/model.apr", "quantize", "x") == Path("x")
+    for names, match in ((["int8", "nope"], "nope"), (["int8", "int8"], "twice"), ([], "needs")):
+        with pytest.raises(Err, match=match):
+            pipeline.batch("quantize", names, model_apr, {}, tmp_path / "d")
+    with pytest.raises(Err, match="does not apply"):
+        pipeline.batch("quantize", ["int8"], model_apr, {"target_ratio": "0.5"}, tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+
+
+def test_safetensors_refuses_bad_quantized_metadata(tmp_path):
+    from apr_core.errors import CorruptFileError
+    from apr_core.formats.safetensors import QUANTIZED_KEY, read_safetensors, write_safetensors
+
+    model = tiny_model("llama")
+    bogus = {QUANTIZED_KEY: json.dumps({"model.norm.weight": {"dtype": "Q4_K", "shape": [64]}})}
+    write_safetensors(model.tensors, tmp_path / "m.safetensors", metadata=bogus)
+    with pytest.raises(CorruptFileError, match="apr.quantized"):
+        read_safetensors(tmp_path / "m.safetensors")
