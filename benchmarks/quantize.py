@@ -48,7 +48,7 @@ def fresh_model(base, steps: int, out: Path) -> str:
     config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 256,
               "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4,
               "num_key_value_heads": 2, "max_position_embeddings": 512, "rms_norm_eps": 1e-5,
-              "tie_word_embeddings": True, "rope_theta": 10000.0,
+              "tie_word_embeddings": False, "rope_theta": 10000.0,
               "vocab_size": int(base.config["vocab_size"]),
               "bos_token_id": base.config.get("bos_token_id"), "eos_token_id": base.config.get("eos_token_id")}
     torch.manual_seed(0)
@@ -71,7 +71,7 @@ def fresh_model(base, steps: int, out: Path) -> str:
         opt.zero_grad()
         if step % 10 == 0:
             print(f"  fresh step {step}: loss {loss.item():.3f} ({time.perf_counter() - start:.0f}s)", flush=True)
-    state = {k: v.detach().contiguous() for k, v in module.state_dict().items() if k != "lm_head.weight"}
+    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
     full = module.config.to_dict()
     full.pop("transformers_version", None)
     model = Model(tensors={k: LazyTensor.of(k, v) for k, v in state.items()}, config=full,
