@@ -80,8 +80,16 @@ def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
     selector_help = "; ".join(f"{n}: {techniques[n].technique.summary}" for n in names)
 
     def callback(models, output, fmt, plan, as_json, seed, quiet, verbose, **raw):
-        name = raw.pop(kind.selector) or kind.default
+        chosen = raw.pop(kind.selector)
+        name = chosen or kind.default
         actions = [a for a in kind.actions if raw.pop(a, False)]
+        batch_list = raw.pop("batch", None)
+        batch_raw = {p.name: raw.pop(p.name, None) for p in kind.batch_options}
+        if batch_list is not None:
+            if chosen or plan or actions:
+                raise AprError(f"--batch replaces --{kind.selector}, --plan and report actions")
+            return _run_batch(kind, batch_list, models, output, fmt, as_json, seed, quiet, verbose,
+                              {k: v for k, v in raw.items() if v is not None}, batch_raw)
         if not name:
             raise AprError(f"apr {kind.name} needs --{kind.selector} ({', '.join(names)})")
         from . import pipeline
@@ -140,9 +148,40 @@ def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
         click.Option(["-v", "--verbose"], is_flag=True, help="More detail in reports."),
         click.Option(["-q", "--quiet"], is_flag=True, help="No progress output on stderr."),
     ]
+    if kind.batch:
+        params.append(click.Option(["--batch"], default=None, metavar="A,B,...",
+                                   help=f"Apply several {kind.selector}s to the input, one output each in "
+                                        f"-o DIR (default: <input>-{kind.name}/ beside it), and compare them."))
+        params.extend(_option_for(p, ["--batch"]) for p in kind.batch_options)
     params.extend(o for o in options if o.name != kind.selector)
     return click.Command(kind.name, callback=callback, params=params, help=kind.help,
                          context_settings=CONTEXT, no_args_is_help=True)
+
+
+def _run_batch(kind: Kind, batch_list: str, models, output, fmt, as_json, seed, quiet, verbose,
+               given: dict[str, Any], batch_raw: dict[str, Any]) -> None:
+    """``--batch A,B,C``: one output per technique, then the comparison table (and ``compare``)."""
+    from . import pipeline
+    from .params import resolve
+
+    if len(models) != 1:
+        raise AprError(f"{kind.name} --batch takes one model, got {len(models)}")
+    names = [n.strip() for n in batch_list.split(",") if n.strip()]
+    options = resolve(kind.batch_options, batch_raw, f"{kind.name} --batch")
+    ctx = _context(quiet, seed=seed)
+    ctx.verbose = verbose
+    directory = pipeline.batch_directory(models[0], kind.name, output)
+    rows = pipeline.batch(kind.name, names, models[0], given, directory, fmt or "apr", ctx)
+    first = pipeline.transform_technique(kind.name, names[0])
+    report: dict[str, Any] = {"command": kind.name, "input": models[0], "directory": str(directory)}
+    compare = getattr(first, "compare", None)
+    if compare is not None:
+        report.update(compare(models[0], rows, options, ctx))
+    report["rows"] = rows
+    if as_json:
+        _emit_json(report)
+    else:
+        _print_plan(report)
 
 
 def _print_plan(report: dict[str, Any]) -> None:
@@ -244,7 +283,8 @@ def import_cmd(source, output, dtype, revision, preserve_quant, fmt, as_json, qu
 @click.argument("model")
 @click.option("-o", "--output", required=True, help="Output path.")
 @click.option("--format", "fmt", required=True, help="hf, safetensors, gguf or apr.")
-@click.option("--dtype", default=None, help="gguf: f32, f16 (default) or q8_0; others: f32, f16, bf16.")
+@click.option("--dtype", default=None, help="gguf: f32, f16 (default), q8_0, q4_k or q6_k (llama.cpp's "
+              "rules, see docs/quantize.md); others: f32, f16, bf16.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output on stderr.")
 def export_cmd(model, output, fmt, dtype, as_json, quiet):
@@ -283,7 +323,8 @@ def inspect_cmd(model, as_json, show_tensors, no_verify):
         _emit_json(info)
         return
     click.echo(f"{model}: {info['architecture']} ({info['model_type']})")
-    click.echo(f"  parameters: {info['params']:,}  size: {_human_bytes(info['bytes'])}  tensors: {info['tensor_count']}")
+    click.echo(f"  parameters: {info['params']:,}  size: {_human_bytes(info['bytes'])}  "
+               f"bits/weight: {info['bits_per_weight']}  tensors: {info['tensor_count']}")
     click.echo(f"  dtypes: {', '.join(f'{k} {v:,}' for k, v in info['dtypes'].items())}")
     arch = info["config"]
     click.echo("  " + ", ".join(f"{k}={v}" for k, v in arch.items() if v is not None))
@@ -295,7 +336,7 @@ def inspect_cmd(model, as_json, show_tensors, no_verify):
         click.echo(f"    - {rec.get('operation')} {rec.get('technique') or ''} {json.dumps(rec.get('params', {}))}")
     if show_tensors:
         for t in info["tensors"]:
-            click.echo(f"  {t['name']}: {t['dtype']} {t['shape']}")
+            click.echo(f"  {t['name']}: {t['dtype']} {t['shape']} ({t['bits_per_weight']} bits/weight)")
 
 
 def _eval_command() -> click.Command:

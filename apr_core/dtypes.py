@@ -23,6 +23,7 @@ class DType:
     type_size: int  # bytes per block
     torch_name: str | None  # attribute of torch for plain types, None for block-quantized
     prefix_bytes: int = 0  # bytes before the elements (AprQ8's tensor-wide f32 scale)
+    row_prefix_bytes: int = 0  # bytes per row before the elements (per-channel int8's f32 scales)
 
     @property
     def quantized(self) -> bool:
@@ -34,7 +35,8 @@ class DType:
         for d in shape:
             n *= int(d)
         if self.block_size == 1:
-            return self.prefix_bytes + n * self.type_size
+            rows = n // int(shape[-1]) if shape and int(shape[-1]) else (1 if not shape else 0)
+            return self.prefix_bytes + rows * self.row_prefix_bytes + n * self.type_size
         row = int(shape[-1]) if shape else 1
         if row % self.block_size:
             raise CorruptFileError(
@@ -65,6 +67,11 @@ _ALL = [
     DType("APR_Q4", 128, None, 32, 18, None),
     DType("APR_Q8", 129, None, 1, 1, None, prefix_bytes=4),  # f32 scale, then int8 values
     DType("Q8_0", 131, 8, 32, 34, None),
+    # added by apr quantize (see docs/format.md and docs/quantize.md)
+    DType("Q4_0", 2, 2, 32, 18, None),
+    DType("Q5_0", 134, 6, 32, 22, None),  # GGML id 6 is I8 in .apr
+    DType("APR_Q8_ROW", 133, None, 1, 1, None, row_prefix_bytes=4),  # per-row f32 scales, then int8
+    DType("NF4", 135, None, 64, 36, None),  # per block: f32 absmax + 32 bytes (bitsandbytes nibble order)
 ]
 
 BY_NAME: dict[str, DType] = {d.name: d for d in _ALL}

@@ -44,6 +44,7 @@ def describe(model: Model, with_tensors: bool = False, verified: bool = False) -
         "model_type": model.model_type,
         "params": model.param_count,
         "bytes": model.nbytes,
+        "bits_per_weight": round(8 * model.nbytes / model.param_count, 3) if model.param_count else None,
         "tensor_count": len(model.tensors),
         "dtypes": model.dtype_counts(),
         "config": {k: cfg.get(k) for k in ARCH_KEYS},
@@ -54,6 +55,8 @@ def describe(model: Model, with_tensors: bool = False, verified: bool = False) -
         "sha256": model.sha256,
     }
     if with_tensors:
-        info["tensors"] = [{"name": n, "dtype": model.spec(n).dtype, "shape": list(model.spec(n).shape)}
+        info["tensors"] = [{"name": n, "dtype": model.spec(n).dtype, "shape": list(model.spec(n).shape),
+                            "bits_per_weight": round(8 * model.spec(n).nbytes / model.spec(n).numel, 3)
+                            if model.spec(n).numel else None}
                            for n in model.names()]
     return info

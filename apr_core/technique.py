@@ -35,6 +35,12 @@ class Kind:
     :param actions: extra modes that write nothing, each a CLI flag
         (``--analyze``) that calls the technique method of that name with
         ``(inputs, params, context)`` and prints the report it returns.
+    :param batch: offer ``--batch A,B,C``: apply several techniques of the kind to
+        one input, one output each in a directory, then print a comparison
+        table (see `pipeline.batch`). A technique may add columns to it with a
+        ``compare(inputs, rows, options, context)`` method.
+    :param batch_options: options that only ``--batch``'s comparison uses (they
+        are handed to ``compare``, never recorded as technique parameters).
     """
 
     name: str
@@ -45,6 +51,8 @@ class Kind:
     default: str | None = None
     options: tuple[Param, ...] = ()
     actions: tuple[str, ...] = ()
+    batch: bool = False
+    batch_options: tuple[Param, ...] = ()
 
 
 @dataclass

@@ -88,22 +88,35 @@ def meta_model(config: dict[str, Any]):
 
 
 def to_transformers(model: Model, dtype: str = "float32", device: str = "cpu"):
-    """Build the transformers module for ``model`` with its weights, in eval mode."""
+    """Build the transformers module for ``model`` with its weights, in eval mode.
+
+    Quantized tensors are not expanded: their linear and embedding layers are
+    replaced by modules that dequantize one weight per call (apr_core.quant.modules).
+    """
     import torch
 
     tdtype = getattr(torch, dtype)
     module = meta_model(model.config)
     expected = module.state_dict()
     state = {}
+    quantized = {}
     for name in expected:
         if name in model.tensors:
             spec = model.spec(name)
-            if spec.dt.quantized:
-                raise AprError(f"tensor {name} is {spec.dtype}-quantized; this operation needs "
-                               f"float weights (dequantize support arrives with apr quantize)")
-            state[name] = model.tensor(name).to(device=device, dtype=tdtype)
-    missing = [n for n in expected if n not in state]
+            if spec.dt.quantized:  # stays in its stored bytes; dequantized per matmul or lookup
+                quantized[name] = (model.tensor(name).to(device), spec)
+            else:
+                state[name] = model.tensor(name).to(device=device, dtype=tdtype)
     tied = bool(getattr(module.config, "tie_word_embeddings", False))
+    provided: set[str] = set()
+    if quantized:
+        from .quant.modules import install
+
+        embedding = module.get_input_embeddings()
+        embedding_name = next(n for n, m in module.named_modules() if m is embedding) + ".weight"
+        provided = install(module, quantized, state, tie_output=tied)
+        tied = tied and embedding_name not in quantized  # else install already shares its bytes
+    missing = [n for n in expected if n not in state and n not in provided]
     missing = [n for n in missing if not (tied and n == "lm_head.weight")]
     if missing:
         raise AprError(f"model has no tensor {missing[0]} ({len(missing)} missing) for {type(module).__name__}")

@@ -2,7 +2,7 @@
 """The main job on the embedded default model, one CLI call per stage, ending in one summary.
 
     import smollm2-135m -> inspect -> perplexity (held-out code, prose) -> prune (wanda 30%)
-    -> merge (slerp base + pruned) -> export HF -> logits check
+    -> merge (slerp base + pruned) -> quantize (int4 .apr, q4k GGUF) -> export HF -> logits check
 
 Each technique plugin adds its stage here and its line to the summary.
 Outputs land in runs/demo/ (or the directory given as the first argument).
@@ -54,6 +54,20 @@ def merge_stage(base: Path, pruned: Path) -> tuple[str, str]:
     return "merge slerp 0.85/0.15", f"dense + pruned-30 in {seconds:.0f}s, code perplexity {e['value']:.3f}"
 
 
+def quantize_stage(base: Path, rows: list[tuple[str, str]]) -> None:
+    """apr quantize as the playbook runs it: int4 .apr (evaluated) and a q4k GGUF for llama.cpp."""
+    q4 = OUT / "model-q4.apr"
+    t = time.perf_counter()
+    r = apr("quantize", str(base), "--scheme", "int4", "-o", str(q4), "--json")
+    seconds = time.perf_counter() - t
+    e = apr("eval", str(q4), "--dataset", "stdlib-code", *PPL, "--json")
+    g = apr("quantize", str(base), "--scheme", "q4k", "--format", "gguf", "-o", str(OUT / "model.gguf"), "--json")
+    rows.append(("quantize int4", f"{r['report']['output_bytes'] / 2**20:.0f} MiB, "
+                                  f"{r['report']['bits_per_weight']:.2f} bits/weight in {seconds:.0f}s, "
+                                  f"code perplexity {e['value']:.3f}; q4k GGUF "
+                                  f"{g['report']['output_bytes'] / 2**20:.0f} MiB"))
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     base, hf = OUT / "base.apr", OUT / "base-hf"
@@ -79,6 +93,7 @@ def main() -> None:
     rows.append(("prune wanda 30%", f"sparsity {r['report']['achieved_sparsity']:.3f} in {seconds:.0f}s "
                                     f"(16 calibration windows), code perplexity {e['value']:.3f}"))
     rows.append(merge_stage(base, pruned))
+    quantize_stage(base, rows)
     apr("export", str(base), "--format", "hf", "-o", str(hf), "--json")
     diff = logits_match(base, hf)
     rows.append(("export hf", f"{hf}: transformers logits max |diff| = {diff:.2e}"))

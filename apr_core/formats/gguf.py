@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_path
-from ..dtypes import BY_GGUF_ID
+from ..dtypes import BY_GGUF_ID, by_name
 from ..errors import AprError, CorruptFileError
 from ..model import LazyTensor, Model, TensorSpec
 
@@ -168,7 +168,8 @@ def _lazy_gguf_tensor(t, hf_name: str, arch: str, config: dict, dtype: str | Non
         import torch
 
         if keep_raw:
-            return torch.from_numpy(np.ascontiguousarray(t.data).reshape(-1))
+            raw = torch.from_numpy(np.ascontiguousarray(t.data).reshape(-1))
+            return _gguf_layout_raw(raw, spec, t.name, arch, config, to_gguf=False)
         if qtype == int(gguf.GGMLQuantizationType.BF16):
             w = torch.from_numpy(np.ascontiguousarray(t.data).view(np.uint16)).view(torch.bfloat16)
         elif dt is not None and not dt.quantized:
@@ -196,22 +197,56 @@ def _gguf_layout(w, gguf_name: str, arch: str, config: dict, to_gguf: bool):
 
 # --------------------------------------------------------------------------- write
 
-GGUF_OUT_TYPES = ("f32", "f16", "q8_0")
+GGUF_OUT_TYPES = ("f32", "f16", "q8_0", "q4_k", "q6_k")
+# GGUF export dtype -> how floating-point tensors are stored (see apr_core.quant.policy)
+_EXPORT_RECIPES = {"q8_0": ("Q8_0", None), "q4_k": ("Q4_K", "Q6_K"), "q6_k": ("Q6_K", None)}
+# dtypes a GGUF file stores as they are; AprQ4 blocks are byte-for-byte Q4_0 blocks
+_GGUF_RAW = {"Q8_0": "Q8_0", "Q4_0": "Q4_0", "Q5_0": "Q5_0", "Q4_K": "Q4_K", "Q6_K": "Q6_K", "APR_Q4": "Q4_0"}
+_FILE_TYPES = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "BF16": "MOSTLY_BF16", "Q8_0": "MOSTLY_Q8_0",
+               "Q4_0": "MOSTLY_Q4_0", "Q5_0": "MOSTLY_Q5_0", "Q4_K": "MOSTLY_Q4_K_M", "Q6_K": "MOSTLY_Q6_K"}
+
+
+def gguf_dtypes(model: Model, out_type: str, names: list[str]) -> dict[str, str]:
+    """The GGUF type of every tensor: stored quantized blocks stay (AprQ4 as Q4_0, AprQ8 and
+    per-row int8 re-blocked as Q8_0); float tensors follow ``out_type`` with llama.cpp's rules."""
+    from ..quant.policy import Recipe, fitting, plan
+
+    if out_type not in GGUF_OUT_TYPES:
+        raise AprError(f"--dtype {out_type!r} is not a GGUF export type; use one of {', '.join(GGUF_OUT_TYPES)}")
+    specs = [model.spec(n) for n in names]
+    if out_type in _EXPORT_RECIPES:
+        main, output = _EXPORT_RECIPES[out_type]
+        floats = plan(Recipe(main, "gguf", output=output), specs, model.text_config())
+    else:
+        floats = {s.name: ("F32" if len(s.shape) < 2 or out_type == "f32" else "F16") for s in specs}
+    out = {}
+    for s in specs:
+        if not s.dt.quantized:
+            out[s.name] = floats[s.name]
+        elif s.dtype in _GGUF_RAW:
+            out[s.name] = _GGUF_RAW[s.dtype]
+        elif s.dtype in ("APR_Q8", "APR_Q8_ROW"):
+            out[s.name] = fitting("Q8_0", s.shape)
+        else:
+            raise AprError(f"GGUF has no type for {s.dtype} (tensor {s.name}); quantize with a GGUF "
+                           f"scheme (q8_0, q4k, q6k, int4) for llama.cpp")
+    return out
 
 
 def write_gguf(model: Model, path: str | os.PathLike, out_type: str = "f16", progress=None) -> str:
     """Write a GGUF llama.cpp can load: architecture keys, tokenizer, chat template, tensors.
 
-    ``out_type`` is the type of 2-D weights; 1-D tensors (norms, biases) stay
-    F32 as llama.cpp's converter keeps them, and rows not divisible by 32 fall
-    back from Q8_0 to F16.
+    ``out_type`` decides how floating-point tensors are stored: f32, f16 (1-D
+    tensors such as norms stay F32, as llama.cpp's converter keeps them), or
+    quantized with llama.cpp's rules (q8_0, q4_k with a Q6_K output head,
+    q6_k; rows that do not fit fall back as llama.cpp does). Tensors that are
+    already quantized are written as their stored blocks.
     """
     import gguf
     import numpy as np
-    import torch
 
-    if out_type not in GGUF_OUT_TYPES:
-        raise AprError(f"--dtype {out_type!r} is not a GGUF export type; use one of {', '.join(GGUF_OUT_TYPES)}")
+    from ..quant.convert import float_tensor, restore
+
     config = model.text_config()
     arch = GGUF_ARCH.get(model.model_type)
     if arch is None:
@@ -225,52 +260,66 @@ def write_gguf(model: Model, path: str | os.PathLike, out_type: str = "f16", pro
     unmapped = [n for n in names if n not in to_gguf]
     if unmapped:
         raise AprError(f"GGUF export: no GGUF name for tensor {unmapped[0]}")
-    plan = []
-    for hf in names:
-        spec = model.spec(hf)
-        if spec.dt.quantized:
-            raise AprError(f"GGUF export of already-quantized tensor {hf} ({spec.dtype}) is not supported here")
-        if len(spec.shape) < 2 or out_type == "f32":
-            qt = gguf.GGMLQuantizationType.F32
-        elif out_type == "q8_0" and spec.shape[-1] % 32 == 0:
-            qt = gguf.GGMLQuantizationType.Q8_0
-        else:
-            qt = gguf.GGMLQuantizationType.F16
-        plan.append((hf, to_gguf[hf], spec, qt))
+    types = gguf_dtypes(model, out_type, names)
+    plan = [(hf, to_gguf[hf], model.spec(hf), types[hf]) for hf in names]
+    main = _main_type(plan)
 
     with atomic_path(path) as tmp:
         w = gguf.GGUFWriter(os.fspath(tmp), arch)
-        _write_kv(w, model, config, arch, out_type)
-        for hf, gname, spec, qt in plan:
-            if qt == gguf.GGMLQuantizationType.Q8_0:
+        _write_kv(w, model, config, arch, getattr(gguf.LlamaFileType, _FILE_TYPES.get(main, "MOSTLY_F16")))
+        for hf, gname, spec, dtype in plan:
+            qt = gguf.GGMLQuantizationType(by_name(dtype).gguf_id)
+            if by_name(dtype).quantized:
                 rows = spec.numel // spec.shape[-1]
-                nbytes = rows * spec.shape[-1] // 32 * 34
+                nbytes = by_name(dtype).nbytes(spec.shape)
                 w.add_tensor_info(gname, [rows, nbytes // rows], np.dtype(np.uint8), nbytes, raw_dtype=qt)
             else:
-                npdt = np.float32 if qt == gguf.GGMLQuantizationType.F32 else np.float16
-                w.add_tensor_info(gname, list(spec.shape), np.dtype(npdt), spec.numel * np.dtype(npdt).itemsize)
+                npdt = np.dtype(by_name(dtype).torch_name)
+                w.add_tensor_info(gname, list(spec.shape), npdt, spec.numel * npdt.itemsize)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
         items = plan if progress is None else progress(plan, desc="writing gguf", total=len(plan))
-        for hf, gname, spec, qt in items:
-            t = _gguf_layout(model.tensor(hf).to(torch.float32), gname, arch, config, to_gguf=True)
-            arr = t.contiguous().numpy()
-            if qt == gguf.GGMLQuantizationType.Q8_0:
-                arr = gguf.quants.quantize(arr.reshape(-1, spec.shape[-1]), qt)
-            elif qt == gguf.GGMLQuantizationType.F16:
-                arr = arr.astype(np.float16)
+        for hf, gname, spec, dtype in items:
+            lazy = model.tensors[hf]
+            if by_name(dtype).quantized:
+                if _GGUF_RAW.get(spec.dtype) == dtype:  # stored blocks, copied
+                    raw = _gguf_layout_raw(lazy.load(), spec, gname, arch, config, to_gguf=True)
+                else:  # float (or AprQ8) values: lay out as llama.cpp expects, then quantize
+                    t = _gguf_layout(float_tensor(lazy), gname, arch, config, to_gguf=True)
+                    raw = restore(LazyTensor.of(hf, t.contiguous()), dtype).load()
+                arr = raw.reshape(spec.numel // spec.shape[-1], -1).numpy()
+            else:
+                t = _gguf_layout(float_tensor(lazy), gname, arch, config, to_gguf=True)
+                arr = t.contiguous().numpy().astype(by_name(dtype).torch_name)
             w.write_tensor_data(arr)
         w.close()
     return os.fspath(path)
 
 
-def _write_kv(w, model: Model, config: dict, arch: str, out_type: str) -> None:
+def _main_type(plan) -> str:
+    """The type of most 2-D weights (for general.file_type)."""
+    counts: dict[str, int] = {}
+    for _hf, _g, spec, dtype in plan:
+        if len(spec.shape) == 2:
+            counts[dtype] = counts.get(dtype, 0) + spec.numel
+    return max(counts, key=counts.get) if counts else "F32"
+
+
+def _gguf_layout_raw(raw, spec: TensorSpec, gguf_name: str, arch: str, config: dict, to_gguf: bool):
+    """`_gguf_layout` for stored blocks: the rotary permutation moves whole rows, so the rows'
+    bytes move with them (norm +1 never applies: norms are never block-quantized)."""
+    if arch in PERMUTED_QK and (".attn_q." in gguf_name or ".attn_k." in gguf_name):
+        rows = spec.numel // spec.shape[-1]
+        return _gguf_layout(raw.reshape(rows, -1), gguf_name, arch, config, to_gguf).reshape(-1).contiguous()
+    return raw
+
+
+def _write_kv(w, model: Model, config: dict, arch: str, file_type) -> None:
     import gguf
 
     w.add_name(str(config.get("_name_or_path") or model.architecture))
-    w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[out_type])
+    w.add_file_type(file_type)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     heads = int(config["num_attention_heads"])
     head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)

@@ -111,7 +111,14 @@ def read_hf_dir(directory: str | os.PathLike, source: str | None = None) -> Mode
 
 
 def write_hf_dir(model: Model, directory: str | os.PathLike, progress=None) -> str:
-    """Write a directory transformers loads with ``from_pretrained``, atomically."""
+    """Write a directory transformers loads with ``from_pretrained``, atomically.
+
+    transformers cannot run apr's block-quantized tensors, so they are written
+    dequantized (float32); use .apr or GGUF to keep them quantized.
+    """
+    from ..quant.convert import restore
+
+    tensors = {n: restore(t, "F32") if t.spec.dt.quantized else t for n, t in model.tensors.items()}
     with atomic_dir(directory) as stage:
         cfg = dict(model.config)
         cfg.pop("quantization_config", None)
@@ -123,6 +130,6 @@ def write_hf_dir(model: Model, directory: str | os.PathLike, progress=None) -> s
             (stage / name).write_bytes(data)
         if model.provenance:
             (stage / "apr_provenance.json").write_text(json.dumps(model.provenance, indent=2) + "\n")
-        write_safetensors(model.tensors, stage / "model.safetensors", metadata={"format": "pt"},
+        write_safetensors(tensors, stage / "model.safetensors", metadata={"format": "pt"},
                           progress=progress)
     return os.fspath(directory)

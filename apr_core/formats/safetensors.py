@@ -4,7 +4,8 @@ We parse the format ourselves (8-byte header length, JSON header, raw data)
 so that every check RELIABILITY.md asks for happens before any data is
 touched, tensors are zero-copy views, and writing streams one tensor at a
 time. Files we write carry the model's config, tokenizer and provenance in
-``__metadata__`` so a bare .safetensors export re-imports losslessly.
+``__metadata__`` so a bare .safetensors export re-imports losslessly; block-quantized
+tensors are stored as their raw U8 bytes with their dtype and shape under ``apr.quantized``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from ..atomic import atomic_file
 from . import map_file
 from ..dtypes import BY_NAME, SAFETENSORS_NAMES
-from ..errors import AprError, CorruptFileError
+from ..errors import CorruptFileError
 from ..model import LazyTensor, TensorSpec
 
 MAX_HEADER = 100 * 1024 * 1024
@@ -88,7 +89,29 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, LazyTensor], di
     if cursor != data_len:
         raise CorruptFileError(f"{path}: corrupt safetensors file: {data_len - cursor} bytes of "
                                f"trailing data after the last tensor")
+    _restore_quantized(path, tensors, meta)
     return tensors, meta, mm
+
+
+QUANTIZED_KEY = META_PREFIX + "quantized"
+
+
+def _restore_quantized(path: str, tensors: dict[str, LazyTensor], meta: dict[str, str]) -> None:
+    """Give block-quantized tensors (stored as U8 bytes) back their dtype and shape from
+    ``__metadata__["apr.quantized"]``, checking the byte counts."""
+    if QUANTIZED_KEY not in meta:
+        return
+    try:
+        entries = json.loads(meta[QUANTIZED_KEY])
+        for name, info in entries.items():
+            lazy = tensors[name]
+            dt = BY_NAME[info["dtype"]]
+            shape = tuple(int(d) for d in info["shape"])
+            if not dt.quantized or lazy.spec.dtype != "U8" or dt.nbytes(shape) != lazy.spec.numel:
+                raise ValueError(name)
+            tensors[name] = LazyTensor(TensorSpec(name, dt.name, shape), lambda lazy=lazy: lazy.load().reshape(-1))
+    except (ValueError, KeyError, TypeError, AttributeError, CorruptFileError):
+        raise CorruptFileError(f"{path}: corrupt safetensors file: bad {QUANTIZED_KEY} metadata") from None
 
 
 def _viewer(mm, offset: int, nbytes: int, spec: TensorSpec):
@@ -109,17 +132,19 @@ def write_safetensors(tensors: dict[str, LazyTensor], path: str | os.PathLike,
     from .apr import tensor_bytes
 
     header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = metadata
+    quantized = {n: {"dtype": t.spec.dtype, "shape": list(t.spec.shape)}
+                 for n, t in tensors.items() if t.spec.dt.quantized}
+    if metadata or quantized:
+        # block-quantized tensors travel as U8 bytes; apr restores their dtype from this key
+        header["__metadata__"] = dict(metadata or {}, **(
+            {QUANTIZED_KEY: json.dumps(quantized, sort_keys=True)} if quantized else {}))
     cursor = 0
     names = sorted(tensors)
     for name in names:
         spec = tensors[name].spec
-        if spec.dt.quantized:
-            raise AprError(f"safetensors cannot hold {spec.dtype} tensor {name}; "
-                           f"export with --format gguf or dequantize first")
-        header[name] = {"dtype": SAFETENSORS_NAMES[spec.dtype], "shape": list(spec.shape),
-                        "data_offsets": [cursor, cursor + spec.nbytes]}
+        st_dtype = "U8" if spec.dt.quantized else SAFETENSORS_NAMES[spec.dtype]
+        shape = [spec.nbytes] if spec.dt.quantized else list(spec.shape)
+        header[name] = {"dtype": st_dtype, "shape": shape, "data_offsets": [cursor, cursor + spec.nbytes]}
         cursor += spec.nbytes
     hbytes = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     hbytes += b" " * (-len(hbytes) % 8)

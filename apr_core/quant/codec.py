@@ -1,0 +1,165 @@
+"""The codec interface: how one quantized dtype turns float rows into bytes and back.
+
+Every block-quantized dtype of apr_core.dtypes has one `Codec`. Blocks run
+along the last dimension, so a tensor of shape ``(..., cols)`` is quantized as
+``rows = numel // cols`` independent rows, and the bytes of row ``r`` are
+``raw.view(rows, row_bytes)[r]`` for every codec without a tensor-wide prefix.
+That lets an embedding lookup dequantize only the rows it needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+from ..dtypes import DType, by_name
+from ..errors import AprError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+CHUNK_ELEMENTS = 1 << 20  # rows are quantized in chunks of about this many elements (bounds memory)
+
+
+class Codec:
+    """Quantize float tensors into one dtype's bytes and dequantize them back.
+
+    Subclasses set ``dtype`` and implement `encode_rows` / `decode_rows` on
+    ``(rows, cols)`` float32 matrices whose ``cols`` is a multiple of the block size.
+    """
+
+    dtype: str = ""
+
+    @property
+    def dt(self) -> DType:
+        return by_name(self.dtype)
+
+    @property
+    def block_size(self) -> int:
+        return self.dt.block_size
+
+    @property
+    def type_size(self) -> int:
+        return self.dt.type_size
+
+    def bits_per_weight(self, cols: int = 4096) -> float:
+        """Storage bits per element for rows of ``cols`` elements."""
+        return 8 * self.dt.nbytes((1, cols)) / cols
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        """True if rows of this shape can be stored (length a multiple of the block size)."""
+        return bool(shape) and int(shape[-1]) % self.block_size == 0
+
+    def row_bytes(self, cols: int) -> int:
+        return self.dt.nbytes((1, cols)) - self.dt.prefix_bytes
+
+    # -- public entry points -------------------------------------------------------------
+    def quantize(self, w: "torch.Tensor") -> "torch.Tensor":
+        """The raw bytes (1-D uint8) of ``w`` stored as this dtype."""
+        import torch
+
+        if not self.fits(tuple(w.shape)):
+            raise AprError(f"{self.dtype} needs rows that are a multiple of {self.block_size}, "
+                           f"got shape {list(w.shape)}")
+        cols = int(w.shape[-1])
+        x = w.detach().to("cpu", torch.float32).reshape(-1, cols)
+        # a tensor-wide prefix (AprQ8's scale) needs every row at once; others go in chunks
+        step = x.shape[0] if self.dt.prefix_bytes else max(1, CHUNK_ELEMENTS // max(cols, 1))
+        with one_thread():
+            parts = [self.encode_rows(x[r:r + step].contiguous()).reshape(-1)
+                     for r in range(0, max(x.shape[0], 1), step)]
+        out = torch.cat(parts) if len(parts) != 1 else parts[0]
+        assert out.dtype == torch.uint8 and out.numel() == self.dt.nbytes(tuple(w.shape))
+        return out
+
+    def dequantize(self, raw: "torch.Tensor", shape: tuple[int, ...]) -> "torch.Tensor":
+        """Float32 values of shape ``shape`` from raw bytes (on raw's device)."""
+        shape = tuple(int(d) for d in shape)
+        self._check_raw(raw, shape)
+        cols = shape[-1] if shape else 1
+        rows = _numel(shape) // cols if cols else 0
+        return self.decode_rows(raw.reshape(-1), rows, cols).reshape(shape)
+
+    def dequantize_rows(self, raw: "torch.Tensor", shape: tuple[int, ...], index: "torch.Tensor") -> "torch.Tensor":
+        """Float32 rows ``index`` (any shape of row ids) of a 2-D tensor, without the others."""
+        rows, cols = int(shape[0]), int(shape[-1])
+        self._check_raw(raw, tuple(shape))
+        picked = raw.reshape(rows, self.row_bytes(cols))[index.reshape(-1)]
+        return self.decode_rows(picked.reshape(-1), picked.shape[0], cols).reshape(*index.shape, cols)
+
+    def _check_raw(self, raw, shape) -> None:
+        import torch
+
+        if raw.dtype != torch.uint8 or raw.numel() != self.dt.nbytes(shape):
+            raise AprError(f"{self.dtype}: {raw.numel()} bytes do not hold a tensor of shape {list(shape)}")
+
+    # -- per-codec ----------------------------------------------------------------------
+    def encode_rows(self, x: "torch.Tensor") -> "torch.Tensor":
+        raise NotImplementedError
+
+    def decode_rows(self, raw: "torch.Tensor", rows: int, cols: int) -> "torch.Tensor":
+        raise NotImplementedError
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Quantize on one thread: the k-quant search runs thousands of ~100k-element ops, and with
+    intra-op threads each pays a hand-off that dominated (up to 100x) on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+# -- helpers shared by the codecs --------------------------------------------------------
+
+def round_half_away(x: "torch.Tensor") -> "torch.Tensor":
+    """C's roundf: halves round away from zero (torch.round rounds them to even)."""
+    import torch
+
+    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+
+
+def nearest_int(x: "torch.Tensor") -> "torch.Tensor":
+    """llama.cpp's nearest_int: round to nearest, halves to even (the 1.5*2^23 trick), as int32."""
+    import torch
+
+    return torch.round(x).to(torch.int32)
+
+
+def f16_bytes(x: "torch.Tensor") -> "torch.Tensor":
+    """float32 (n,) -> f16 little-endian bytes (n, 2)."""
+    import torch
+
+    return x.to(torch.float16).contiguous().view(torch.uint8).reshape(-1, 2)
+
+
+def f32_bytes(x: "torch.Tensor") -> "torch.Tensor":
+    import torch
+
+    return x.to(torch.float32).contiguous().view(torch.uint8).reshape(-1, 4)
+
+
+def read_f16(raw: "torch.Tensor") -> "torch.Tensor":
+    """(n, 2) uint8 -> float32 (n,)."""
+    import torch
+
+    return raw.contiguous().view(torch.float16).reshape(-1).to(torch.float32)
+
+
+def read_f32(raw: "torch.Tensor") -> "torch.Tensor":
+    import torch
+
+    return raw.contiguous().view(torch.float32).reshape(-1)
