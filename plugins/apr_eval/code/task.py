@@ -29,6 +29,8 @@ from .problems import Problem, file_sha256, load_problems
 from .programs import build_program
 from .results import SampleStore, write_task_results
 
+CONSENT_ENV = "APR_ALLOW_CODE_EXECUTION"  # the same consent, for wrappers such as the Makefile
+
 SANDBOX_PARAMS = (
     Param("allow_code_execution", "bool", False,
           "Required: consent to execute model-written code (in the sandbox; see docs/eval.md)"),
@@ -75,9 +77,9 @@ class CodeTask(EvaluateTechnique):
 
     # ------------------------------------------------------------------ validation
     def check(self, params: dict[str, Any]) -> None:
-        if not params["allow_code_execution"]:
-            raise AprError(f"{self.name} executes model-written code: pass --allow-code-execution to "
-                           f"consent (it runs sandboxed; see docs/eval.md)")
+        if not (params["allow_code_execution"] or os.environ.get(CONSENT_ENV) == "1"):
+            raise AprError(f"{self.name} executes model-written code: pass --allow-code-execution (or set "
+                           f"{CONSENT_ENV}=1) to consent; it runs sandboxed (see docs/eval.md)")
         if params["isolation"] == "none" and not params["unsafe_no_isolation"]:
             raise AprError("--isolation none runs model code unisolated; add --unsafe-no-isolation to insist")
         if params["temperature"] == 0 and params["samples"] > 1:
