@@ -2,7 +2,7 @@
 """The main job on the embedded default model, one CLI call per stage, ending in one summary.
 
     import smollm2-135m -> inspect -> perplexity (held-out code, prose) -> prune (wanda 30%)
-    -> export HF -> logits check
+    -> HumanEval (first problems, sandboxed) -> export HF -> logits check
 
 Each technique plugin adds its stage here and its line to the summary.
 Outputs land in runs/demo/ (or the directory given as the first argument).
@@ -44,6 +44,16 @@ def logits_match(apr_path: Path, hf_dir: Path) -> float:
         return (ours(ids).logits - theirs(ids).logits).abs().max().item()
 
 
+def humaneval_stage(base: Path, rows: list[tuple[str, str]]) -> None:
+    """A few HumanEval problems, greedy, executed in the sandbox (the full run is in docs/eval.md)."""
+    r = apr("eval", str(base), "--task", "humaneval", "--allow-code-execution", "--limit", "4",
+            "--max-tokens", "128", "--batch-size", "4", "--no-resume",
+            "--results", str(OUT / "humaneval-demo.jsonl"), "--json")
+    rows.append(("humaneval (4 problems)", f"pass@1 {r['value']:.2f} ({r['passed']}/{r['problems']}), sandbox "
+                                           f"{r['sandbox']}, {r['tokens_per_second']} tok/s, "
+                                           f"{r['samples_per_second']} samples/s"))
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     base, hf = OUT / "base.apr", OUT / "base-hf"
@@ -68,6 +78,7 @@ def main() -> None:
     e = apr("eval", str(pruned), "--dataset", "stdlib-code", *PPL, "--json")
     rows.append(("prune wanda 30%", f"sparsity {r['report']['achieved_sparsity']:.3f} in {seconds:.0f}s "
                                     f"(16 calibration windows), code perplexity {e['value']:.3f}"))
+    humaneval_stage(base, rows)
     apr("export", str(base), "--format", "hf", "-o", str(hf), "--json")
     diff = logits_match(base, hf)
     rows.append(("export hf", f"{hf}: transformers logits max |diff| = {diff:.2e}"))
