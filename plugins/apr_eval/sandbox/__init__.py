@@ -156,6 +156,9 @@ class Sandbox:
         out_path = work / "output"
         nonce = secrets.token_hex(16).encode()
         nonce_r, nonce_w = os.pipe()
+        os.write(nonce_w, nonce)  # buffered in the pipe before the child exists: no SIGPIPE race
+        os.close(nonce_w)
+        nonce_w = -1
         verdict_r, verdict_w = os.pipe()
         scratch_in = SANDBOX_DIR if self.mode != "none" else str(scratch)
         lim = self.limits
@@ -180,9 +183,6 @@ class Sandbox:
             for fd in (nonce_r, verdict_w):
                 os.close(fd)
             nonce_r = verdict_w = -1
-            os.write(nonce_w, nonce)
-            os.close(nonce_w)
-            nonce_w = -1
             timed_out = False
             try:
                 code = proc.wait(timeout=lim.timeout_s)
