@@ -12,7 +12,8 @@ from apr_eval import sandbox as sb
 from apr_eval.sandbox import Limits, Sandbox, open_sandbox
 
 MODES = sb.available_modes()
-LIMITS = Limits(timeout_s=3.0, memory_mb=512, nproc=24, file_mb=1)
+LIMITS = Limits(timeout_s=20.0, memory_mb=512, nproc=24, file_mb=1)  # generous: shared, loaded CI machines
+SHORT = Limits(timeout_s=2.0, memory_mb=512, nproc=24, file_mb=1)   # for the programs that must be killed
 
 pytestmark = pytest.mark.skipif(not MODES, reason="no isolating sandbox backend on this machine")
 
@@ -58,27 +59,30 @@ def test_faked_passes_fail(box, program):
 
 def test_fork_bomb_is_contained(box):
     start = time.perf_counter()
-    v = box.run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass")
+    with Sandbox(box.mode, SHORT, workers=1) as short:
+        v = short.run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass")
     assert v.status in ("failed", "timeout")
-    assert time.perf_counter() - start < LIMITS.timeout_s + 10
+    assert time.perf_counter() - start < SHORT.timeout_s + 10
     assert box.run("assert True").passed  # the machine is still usable
 
 
 def test_c_level_infinite_loop_is_killed(box):
     # catastrophic backtracking runs inside the C regex engine, out of reach of Python signals
-    v = box.run("import re\nre.match(r'(a+)+$', 'a' * 64 + 'b')")
+    with Sandbox(box.mode, SHORT, workers=1) as short:
+        v = short.run("import re\nre.match(r'(a+)+$', 'a' * 64 + 'b')")
     assert v.status in ("timeout", "failed")  # wall clock, or RLIMIT_CPU's SIGKILL
-    assert v.seconds < LIMITS.timeout_s + 3
+    assert v.seconds < SHORT.timeout_s + 3
 
 
 def test_sleeping_program_hits_wall_clock(box):
-    v = box.run("import time\ntime.sleep(60)")
-    assert v.status == "timeout" and v.seconds < LIMITS.timeout_s + 3
+    with Sandbox(box.mode, SHORT, workers=1) as short:
+        v = short.run("import time\ntime.sleep(60)")
+    assert v.status == "timeout" and v.seconds < SHORT.timeout_s + 3
 
 
 def test_huge_allocation_fails(box):
     assert box.run("x = bytearray(64 << 30)").status == "failed"
-    v = box.run("chunks = []\nwhile True:\n    chunks.append(bytearray(16 << 20))")
+    v = box.run("chunks = []\nwhile True:\n    chunks.append(bytearray(64 << 20))")
     assert v.status == "failed" and "MemoryError" in v.output
 
 
