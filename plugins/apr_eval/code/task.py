@@ -91,7 +91,9 @@ class CodeTask(EvaluateTechnique):
 
     def contract_params(self, workdir, inputs):
         return {"data": str(Path(__file__).resolve().parents[3] / "tests" / "data" / "mbpp-mini.jsonl"),
-                "allow_code_execution": True, "max_tokens": "8", "limit": "2",
+                # the sandbox when this machine has one; the 8-token outputs of a random tiny model
+                # may run unisolated where it has none, so the contract holds on any CI machine
+                "allow_code_execution": True, "unsafe_no_isolation": True, "max_tokens": "8", "limit": "2",
                 "results": str(Path(workdir) / "contract-samples.jsonl")}
 
     # ------------------------------------------------------------------ run
