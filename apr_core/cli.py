@@ -48,10 +48,15 @@ def _context(quiet: bool, seed: int = 0, device: str | None = None) -> RunContex
     return RunContext(seed=seed, device=device, quiet=quiet)
 
 
-def _option_for(param: Param, users: list[str]) -> click.Option:
-    """A click option for a declared parameter; values stay raw and are validated by the Param."""
+def _option_for(param: Param, users: list[str], helps: dict[str, list[str]] | None = None) -> click.Option:
+    """A click option for a declared parameter; values stay raw and are validated by the Param.
+
+    ``helps`` maps each distinct help text to the techniques declaring it, so an option two
+    techniques give different meanings (``--max-tokens``) explains both."""
     help_text = param.describe()
-    if users:
+    if helps and len(helps) > 1:
+        help_text = " ".join(f"[{', '.join(names)}] {text}" for text, names in helps.items())
+    elif users:
         help_text = f"[{', '.join(users)}] {help_text}"
     if param.type == "bool":
         flag = param.cli_flag[2:]
@@ -62,13 +67,15 @@ def _option_for(param: Param, users: list[str]) -> click.Option:
 def _collect_options(techniques: dict[str, Any], extra: tuple[Param, ...] = ()) -> tuple[list[click.Option], dict[str, Param]]:
     users: dict[str, list[str]] = {}
     first: dict[str, Param] = {}
+    helps: dict[str, dict[str, list[str]]] = {}
     for name, reg in techniques.items():
         for p in reg.technique.params:
             first.setdefault(p.name, p)
             users.setdefault(p.name, []).append(name)
+            helps.setdefault(p.name, {}).setdefault(p.describe(), []).append(name)
     for p in extra:
         first.setdefault(p.name, p)
-    options = [_option_for(first[n], users.get(n, [])) for n in first]
+    options = [_option_for(first[n], users.get(n, []), helps.get(n)) for n in first]
     return options, first
 
 

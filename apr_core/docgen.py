@@ -48,7 +48,8 @@ def techniques_page() -> str:
         out.append(f"## {kind}\n\n")
         for name, reg in registry.of_kind(kind).items():
             t = reg.technique
-            out.append(f"### `{name}`\n\n`{command} {name}` — {t.summary}. "
+            usage = getattr(t, "usage", None) or command  # a kind outside the CLI names its own option
+            out.append(f"### `{name}`\n\n`{usage} {name}` — {t.summary}. "
                        f"From `{reg.distribution}` (plugin `{reg.plugin}`).\n\n")
             if t.paper:
                 out.append(f"Reference: {t.paper}.\n\n")

@@ -168,6 +168,14 @@ def check_technique(kind: str, name: str, workdir: str | Path, arch: str = "llam
     workdir.mkdir(parents=True, exist_ok=True)
     if kind == "evaluate":
         return _check_evaluate(technique, workdir, arch)
+    from .technique import TransformTechnique
+
+    if not isinstance(technique, TransformTechnique):
+        # Techniques that neither transform nor evaluate models (e.g. eval prompt strategies)
+        # bring their own contract as a ``contract(workdir)`` method.
+        contract = getattr(technique, "contract", None)
+        assert contract is not None, f"{kind} {name}: not a transform or evaluation and has no contract()"
+        return contract(workdir)
     n_inputs = max(1, getattr(technique, "min_inputs", 1))
     paths = [write_tiny(workdir / f"in{i}.apr", arch, seed=i) for i in range(n_inputs)]
     raw = technique.contract_params(workdir, paths) if hasattr(technique, "contract_params") else {}

@@ -2,7 +2,8 @@
 """The main job on the embedded default model, one CLI call per stage, ending in one summary.
 
     import smollm2-135m -> inspect -> perplexity (held-out code, prose) -> prune (wanda 30%)
-    -> merge (slerp base + pruned) -> quantize (int4 .apr, q4k GGUF) -> export HF -> logits check
+    -> merge (slerp base + pruned) -> quantize (int4 .apr, q4k GGUF)
+    -> HumanEval (first problems, sandboxed) -> export HF -> logits check
 
 Each technique plugin adds its stage here and its line to the summary.
 Outputs land in runs/demo/ (or the directory given as the first argument).
@@ -68,6 +69,16 @@ def quantize_stage(base: Path, rows: list[tuple[str, str]]) -> None:
                                   f"{g['report']['output_bytes'] / 2**20:.0f} MiB"))
 
 
+def humaneval_stage(base: Path, rows: list[tuple[str, str]]) -> None:
+    """A few HumanEval problems, greedy, executed in the sandbox (the full run is in docs/eval.md)."""
+    r = apr("eval", str(base), "--task", "humaneval", "--allow-code-execution", "--limit", "4",
+            "--max-tokens", "128", "--batch-size", "4", "--no-resume",
+            "--results", str(OUT / "humaneval-demo.jsonl"), "--json")
+    rows.append(("humaneval (4 problems)", f"pass@1 {r['value']:.2f} ({r['passed']}/{r['problems']}), sandbox "
+                                           f"{r['sandbox']}, {r['tokens_per_second']} tok/s, "
+                                           f"{r['samples_per_second']} samples/s"))
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     base, hf = OUT / "base.apr", OUT / "base-hf"
@@ -94,6 +105,7 @@ def main() -> None:
                                     f"(16 calibration windows), code perplexity {e['value']:.3f}"))
     rows.append(merge_stage(base, pruned))
     quantize_stage(base, rows)
+    humaneval_stage(base, rows)
     apr("export", str(base), "--format", "hf", "-o", str(hf), "--json")
     diff = logits_match(base, hf)
     rows.append(("export hf", f"{hf}: transformers logits max |diff| = {diff:.2e}"))
