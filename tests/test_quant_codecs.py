@@ -57,6 +57,25 @@ def test_legacy_blocks_equal_gguf_py_quantizer(dtype):
     assert np.array_equal(codec(dtype).quantize(x).numpy(), theirs.reshape(-1))
 
 
+def test_round_half_away_is_c_roundf_even_just_below_a_half():
+    from apr_core.quant.codec import round_half_away
+
+    below = float(np.nextafter(np.float32(0.5), np.float32(0)))  # 0.49999997: floor(x + 0.5) gets 1
+    x = torch.tensor([below, -below, 0.5, -0.5, 1.5, -2.5, 2.4999998, 126.5, 0.0, -0.0], dtype=torch.float32)
+    assert round_half_away(x).tolist() == [0.0, -0.0, 1.0, -1.0, 2.0, -3.0, 2.0, 127.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("dtype", ["Q8_0", "Q4_0", "Q5_0"])
+def test_grid_valued_weights_equal_gguf_py_quantizer(dtype):
+    """Weights dequantized from a 4-bit GGUF sit on a grid (Gemma 3 reaches us so), which puts
+    x/d next to halves far more often than random weights do."""
+    g = torch.Generator().manual_seed(3)
+    steps = torch.randint(-8, 8, (512, 64), generator=g).float()
+    x = steps * (torch.rand(512, 1, generator=g) * 0.01 + 1e-3) + torch.randint(0, 2, (512, 1), generator=g) * 1e-3
+    theirs = gguf.quants.quantize(x.numpy(), gguf.GGMLQuantizationType[dtype])
+    assert np.array_equal(codec(dtype).quantize(x).numpy(), theirs.reshape(-1))
+
+
 @pytest.mark.parametrize("dtype", GGML + APR)
 def test_error_is_within_half_a_step_and_rows_dequantize_alone(dtype):
     x = _tensors(256)[5:]

@@ -126,10 +126,15 @@ def one_thread():
 # -- helpers shared by the codecs --------------------------------------------------------
 
 def round_half_away(x: "torch.Tensor") -> "torch.Tensor":
-    """C's roundf: halves round away from zero (torch.round rounds them to even)."""
+    """C's roundf: halves round away from zero (torch.round rounds them to even).
+
+    Exact for every float: ``floor(|x| + 0.5)`` is not (0.49999997 + 0.5 rounds up to 1.0 in
+    float32), which made rare blocks differ from llama.cpp and gguf-py. ``x - trunc(x)`` is exact.
+    """
     import torch
 
-    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+    whole = torch.trunc(x)
+    return whole + torch.sign(x) * ((x - whole).abs() >= 0.5).to(x.dtype)
 
 
 def nearest_int(x: "torch.Tensor") -> "torch.Tensor":
