@@ -19,7 +19,6 @@ import click
 
 from . import __version__
 from .errors import AprError, PluginError
-from .kinds import CORE_KINDS
 from .params import Param
 from .technique import Kind, RunContext
 
@@ -38,14 +37,26 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def _context(quiet: bool, seed: int = 0, device: str | None = None) -> RunContext:
-    if device is None:
-        device = "cpu"
-        if "torch" in sys.modules:
-            import torch
+def _context(quiet: bool = False, seed: int = 0, device: str | None = None, dtype: str | None = None,
+             verbose: bool = False) -> RunContext:
+    """The run's settings: this command's --device/--dtype, else the group's (``apr --device``),
+    else ``APR_DEVICE`` / auto."""
+    from .runtime.device import canonical_dtype, resolve_device
 
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-    return RunContext(seed=seed, device=device, quiet=quiet)
+    root = click.get_current_context(silent=True)
+    group = (root.find_root().obj or {}) if root is not None else {}
+    device = resolve_device(device if device is not None else group.get("device"))
+    dtype = canonical_dtype(dtype if dtype is not None else group.get("dtype") or "auto")
+    return RunContext(seed=seed, device=device, dtype=dtype, quiet=quiet, verbose=verbose)
+
+
+DEVICE_HELP = "Compute device: auto (CUDA when available), cpu, cuda or cuda:N (default: apr --device, APR_DEVICE)."
+DTYPE_HELP = "Compute precision: auto (bf16 on GPUs that support it, else float32), float32, bfloat16, float16."
+
+
+def _run_options() -> list[click.Option]:
+    return [click.Option(["--device"], default=None, metavar="DEVICE", help=DEVICE_HELP),
+            click.Option(["--dtype", "compute_dtype"], default=None, metavar="DTYPE", help=DTYPE_HELP)]
 
 
 def _option_for(param: Param, users: list[str], helps: dict[str, list[str]] | None = None) -> click.Option:
@@ -82,76 +93,60 @@ def _collect_options(techniques: dict[str, Any], extra: tuple[Param, ...] = ()) 
 # --------------------------------------------------------------------------- technique kinds
 
 def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
+    """One command for a kind: the selector, the union of its techniques' options, the kind's
+    shared options and actions; the callback hands everything to `apr_core.pipeline`."""
     options, _declared = _collect_options(techniques, kind.options)
     names = list(techniques)
     selector_help = "; ".join(f"{n}: {techniques[n].technique.summary}" for n in names)
 
-    def callback(models, output, fmt, plan, as_json, seed, quiet, verbose, **raw):
-        chosen = raw.pop(kind.selector)
-        name = chosen or kind.default
+    def callback(models, as_json, seed, quiet, verbose, device, compute_dtype, output=None, fmt=None,
+                 plan=False, **raw):
+        from . import pipeline
+
+        name = raw.pop(kind.selector)
         actions = [a for a in kind.actions if raw.pop(a, False)]
         batch_list = raw.pop("batch", None)
         batch_raw = {p.name: raw.pop(p.name, None) for p in kind.batch_options}
+        ctx = _context(quiet, seed, device, compute_dtype, verbose)
         if batch_list is not None:
-            if chosen or plan or actions:
+            if name or plan or actions:
                 raise AprError(f"--batch replaces --{kind.selector}, --plan and report actions")
-            return _run_batch(kind, batch_list, models, output, fmt, as_json, seed, quiet, verbose,
-                              {k: v for k, v in raw.items() if v is not None}, batch_raw)
-        if not name:
-            raise AprError(f"apr {kind.name} needs --{kind.selector} ({', '.join(names)})")
-        from . import pipeline
-
-        technique = pipeline.transform_technique(kind.name, name)
-        lo = getattr(technique, "min_inputs", kind.min_inputs)
-        hi = getattr(technique, "max_inputs", kind.max_inputs)
-        if len(models) < lo or (hi is not None and len(models) > hi):
-            want = f"{lo}" if lo == hi else f"{lo} to {hi}" if hi is not None else f"at least {lo}"
-            raise AprError(f"{kind.name} {name} takes {want} model(s), got {len(models)}")
-        given = {k: v for k, v in raw.items() if v is not None}
-        params = technique.resolve_params(given, kind.options)
-        ctx = _context(quiet, seed=seed)
-        ctx.verbose = verbose
-        if actions and not hasattr(technique, actions[0]):
-            with_action = [n for n, r in techniques.items() if hasattr(r.technique, actions[0])]
-            raise AprError(f"{kind.name} {name} has no --{actions[0]}; use --{kind.selector} "
-                           f"{' or '.join(with_action) or '(none installed)'}")
+            names_ = [n.strip() for n in batch_list.split(",") if n.strip()]
+            report = pipeline.batch(kind.name, names_, list(models), raw, output, fmt, ctx, batch_raw)
+            return _emit_json(report) if as_json else _print_plan(report)
         if plan or actions:
-            inputs = [pipeline.load(m, verify=not plan) for m in models]
-            report = (getattr(technique, actions[0])(inputs, params, ctx) if actions
-                      else technique.plan(inputs, params, ctx))
-            _emit_json(report) if as_json else _print_plan(report)
-            return
-        if not output:
-            raise AprError(f"apr {kind.name} needs -o/--output (or --plan)")
-        fmt_name = pipeline.output_format(output, fmt)
-        start = time.perf_counter()
-        inputs = [pipeline.load(m) for m in models]
-        result = pipeline.transform(kind.name, name, inputs, given, ctx)
-        written = pipeline.save(result, output, fmt_name, progress=ctx.progress)
-        summary = {
-            "command": kind.name, "technique": name, "output": written, "format": fmt_name,
-            "params": result.provenance[-1]["params"], "seconds": round(time.perf_counter() - start, 3),
-            "report": ctx.report,
-        }
+            report = (pipeline.action(kind.name, name, actions[0], list(models), raw, ctx) if actions
+                      else pipeline.plan(kind.name, name, list(models), raw, ctx))
+            return _emit_json(report) if as_json else _print_plan(report)
+        result = pipeline.run(kind.name, name, list(models), raw, output, fmt, ctx)
+        if not kind.writes:
+            return _render_result(result, as_json)
         if as_json:
-            _emit_json(summary)
-        else:
-            click.echo(f"{kind.name} {name}: wrote {written} ({fmt_name}) in {summary['seconds']:.1f}s")
-            for k, v in ctx.report.items():
-                click.echo(f"  {k}: {v}")
+            return _emit_json(result)
+        click.echo(f"{kind.name} {result['technique']}: wrote {result['output']} ({result['format']}) "
+                   f"in {result['seconds']:.1f}s")
+        for k, v in result["report"].items():
+            click.echo(f"  {k}: {v}")
 
     params: list[click.Parameter] = [
-        click.Argument(["models"], nargs=-1),
+        click.Argument(["models"], nargs=-1, metavar="MODEL" if kind.max_inputs == 1 else "MODELS..."),
         click.Option([f"--{kind.selector}"], type=str, default=None, metavar="NAME",
                      help=f"Technique to apply{f' (default {kind.default})' if kind.default else ''}: "
                           f"{selector_help}."),
-        click.Option(["-o", "--output"], default=None, help="Output path (.apr, .safetensors, .gguf or a directory)."),
-        click.Option(["--format", "fmt"], default=None, help="Output format (default: from the extension)."),
-        click.Option(["--plan"], is_flag=True, help="Print what would happen (sizes, memory) and exit."),
+    ]
+    if kind.writes:
+        params += [
+            click.Option(["-o", "--output"], default=None,
+                         help="Output path (.apr, .safetensors, .gguf or a directory)."),
+            click.Option(["--format", "fmt"], default=None, help="Output format (default: from the extension)."),
+            click.Option(["--plan"], is_flag=True, help="Print what would happen (sizes, memory) and exit."),
+        ]
+    params += [
         *[click.Option([f"--{a}"], is_flag=True, help=f"Run the technique's {a} report; writes nothing.")
           for a in kind.actions],
         click.Option(["--json", "as_json"], is_flag=True, help="Machine-readable summary on stdout."),
         click.Option(["--seed"], type=int, default=0, show_default=True, help="Seed for random techniques."),
+        *_run_options(),
         click.Option(["-v", "--verbose"], is_flag=True, help="More detail in reports."),
         click.Option(["-q", "--quiet"], is_flag=True, help="No progress output on stderr."),
     ]
@@ -160,35 +155,23 @@ def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
                                    help=f"Apply several {kind.selector}s to the input, one output each in "
                                         f"-o DIR (default: <input>-{kind.name}/ beside it), and compare them."))
         params.extend(_option_for(p, ["--batch"]) for p in kind.batch_options)
-    params.extend(o for o in options if o.name != kind.selector)
-    return click.Command(kind.name, callback=callback, params=params, help=kind.help,
+    taken = {p.name for p in params}
+    params.extend(o for o in options if o.name not in taken)
+    return click.Command(kind.command_name, callback=callback, params=params, help=kind.help,
                          context_settings=CONTEXT, no_args_is_help=True)
 
 
-def _run_batch(kind: Kind, batch_list: str, models, output, fmt, as_json, seed, quiet, verbose,
-               given: dict[str, Any], batch_raw: dict[str, Any]) -> None:
-    """``--batch A,B,C``: one output per technique, then the comparison table (and ``compare``)."""
-    from . import pipeline
-    from .params import resolve
-
-    if len(models) != 1:
-        raise AprError(f"{kind.name} --batch takes one model, got {len(models)}")
-    names = [n.strip() for n in batch_list.split(",") if n.strip()]
-    options = resolve(kind.batch_options, batch_raw, f"{kind.name} --batch")
-    ctx = _context(quiet, seed=seed)
-    ctx.verbose = verbose
-    directory = pipeline.batch_directory(models[0], kind.name, output)
-    rows = pipeline.batch(kind.name, names, models[0], given, directory, fmt or "apr", ctx)
-    first = pipeline.transform_technique(kind.name, names[0])
-    report: dict[str, Any] = {"command": kind.name, "input": models[0], "directory": str(directory)}
-    compare = getattr(first, "compare", None)
-    if compare is not None:
-        report.update(compare(models[0], rows, options, ctx))
-    report["rows"] = rows
+def _render_result(result: dict[str, Any], as_json: bool) -> None:
+    """An evaluation's record: JSON or its summary line; exit 1 when it missed --threshold."""
+    failed = result.get("passed") is False
     if as_json:
-        _emit_json(report)
+        _emit_json(result)
     else:
-        _print_plan(report)
+        click.echo(result.get("summary") or f"{result['metric']}: {result['value']}")
+        if "threshold" in result:
+            click.echo(f"threshold {result['threshold']}: {'FAIL' if failed else 'ok'}")
+    if failed:
+        click.get_current_context().exit(1)
 
 
 def _print_plan(report: dict[str, Any]) -> None:
@@ -216,42 +199,51 @@ def _print_plan(report: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- group
 
 class AprGroup(click.Group):
-    """Core commands are static; technique-kind commands come from the registry on demand."""
+    """Core commands are static; technique-kind commands come from the registry on demand, and
+    plugins may add whole commands through ``apr_register_commands``."""
 
-    def _kinds(self) -> dict[str, Kind]:
-        from .plugins import manager
+    _plugin_commands_added = False
 
-        _, registry = manager()
-        from . import pipeline
+    def _add_plugin_commands(self) -> None:
+        if not self._plugin_commands_added:
+            from .plugins import manager
 
-        names = {k for k, _ in registry.techniques if k in CORE_KINDS or k in registry.kinds}
-        return {n: pipeline.kind(n) for n in names}
+            type(self)._plugin_commands_added = True
+            manager()[0].hook.apr_register_commands(cli=self)
 
     def list_commands(self, ctx):
-        return sorted(set(super().list_commands(ctx)) | set(self._kinds()) | {"eval"})
+        from .plugins import manager
+
+        self._add_plugin_commands()
+        return sorted(set(super().list_commands(ctx)) | set(manager()[1].commands()))
 
     def get_command(self, ctx, name):
+        self._add_plugin_commands()
         cmd = super().get_command(ctx, name)
         if cmd is not None:
             return cmd
-        if name == "eval":
-            return _eval_command()
-        kinds = self._kinds()
-        if name in kinds:
-            from .plugins import manager
+        from .plugins import manager
 
-            return _kind_command(kinds[name], manager()[1].of_kind(name))
+        kinds = manager()[1].commands()
+        if name in kinds:
+            return _kind_command(kinds[name], manager()[1].of_kind(kinds[name].name))
         return None
 
 
 @click.group(cls=AprGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="apr")
-def cli():
+@click.option("--device", default=None, metavar="DEVICE",
+              help="Default compute device for every command: auto, cpu, cuda, cuda:N (or APR_DEVICE).")
+@click.option("--dtype", default=None, metavar="DTYPE",
+              help="Default compute precision: auto, float32, bfloat16, float16.")
+@click.pass_context
+def cli(ctx, device, dtype):
     """apr: make code LLMs better and smaller.
 
     Import a model once, then merge, prune, quantize, fine-tune, distill, tune and
     evaluate it; every technique is a plugin (see `apr plugins`).
     """
+    ctx.obj = {"device": device, "dtype": dtype}
 
 
 @cli.command("import", context_settings=CONTEXT)
@@ -268,7 +260,7 @@ def import_cmd(source, output, dtype, revision, preserve_quant, fmt, as_json, qu
     short name such as smollm2-135m) into an apr model file."""
     from . import pipeline
 
-    ctx = _context(quiet)
+    ctx = RunContext(quiet=quiet)
     fmt_name = pipeline.output_format(output, fmt)
     start = time.perf_counter()
     model = pipeline.load(source, revision=revision, preserve_quant=preserve_quant,
@@ -298,7 +290,7 @@ def export_cmd(model, output, fmt, dtype, as_json, quiet):
     """Export MODEL to a Hugging Face directory, safetensors, GGUF or .apr."""
     from . import pipeline
 
-    ctx = _context(quiet)
+    ctx = RunContext(quiet=quiet)
     fmt_name = pipeline.output_format(output, fmt)
     m = pipeline.load(model)
     options: dict[str, Any] = {"progress": ctx.progress}
@@ -344,53 +336,6 @@ def inspect_cmd(model, as_json, show_tensors, no_verify):
     if show_tensors:
         for t in info["tensors"]:
             click.echo(f"  {t['name']}: {t['dtype']} {t['shape']} ({t['bits_per_weight']} bits/weight)")
-
-
-def _eval_command() -> click.Command:
-    """`apr eval`, with every installed evaluate technique's parameters as options."""
-    from .plugins import manager
-
-    evaluators = manager()[1].of_kind("evaluate")
-    options, _ = _collect_options(evaluators)
-
-    def callback(model, task, threshold, as_json, seed, quiet, **raw):
-        from . import pipeline
-
-        task = task or "perplexity"
-        technique = manager()[1].get("evaluate", task)
-        given = {k: v for k, v in raw.items() if v is not None}
-        technique.resolve_params(given)  # validate before loading anything
-        m = pipeline.load(model)
-        result = pipeline.evaluate(task, m, given, _context(quiet, seed=seed))
-        failed = False
-        if threshold is not None:
-            value = float(result["value"])
-            failed = value < threshold if result.get("higher_is_better") else value > threshold
-            result["threshold"] = threshold
-            result["passed"] = not failed
-        if as_json:
-            _emit_json(result)
-        else:
-            click.echo(result.get("summary") or f"{result['metric']}: {result['value']}")
-            if threshold is not None:
-                click.echo(f"threshold {threshold}: {'FAIL' if failed else 'ok'}")
-        if failed:
-            click.get_current_context().exit(1)
-
-    params: list[click.Parameter] = [
-        click.Argument(["model"]),
-        click.Option(["--task"], default=None,
-                     help=f"Evaluation to run: {', '.join(evaluators) or 'none installed'} (default perplexity)."),
-        click.Option(["--threshold"], type=float, default=None,
-                     help="Exit 1 when the metric is worse than this (above it, for perplexity)."),
-        click.Option(["--json", "as_json"], is_flag=True, help="Machine-readable result on stdout."),
-        click.Option(["--seed"], type=int, default=0, show_default=True, help="Seed for sampling."),
-        click.Option(["-q", "--quiet"], is_flag=True, help="No progress output on stderr."),
-    ]
-    params.extend(options)
-    return click.Command("eval", callback=callback, params=params, context_settings=CONTEXT,
-                         no_args_is_help=True,
-                         help="Evaluate MODEL: perplexity on a corpus, or a task from an evaluate plugin.")
 
 
 @cli.command("plugins", context_settings=CONTEXT)

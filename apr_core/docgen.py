@@ -34,7 +34,6 @@ def hooks_page() -> str:
 
 
 def techniques_page() -> str:
-    from .kinds import CORE_KINDS
     from .plugins import manager
 
     _, registry = manager()
@@ -43,12 +42,12 @@ def techniques_page() -> str:
            "are generated from its declared parameters.\n\n"]
     kinds = sorted({k for k, _ in registry.techniques})
     for kind in kinds:
-        selector = CORE_KINDS[kind].selector if kind in CORE_KINDS else ("task" if kind == "evaluate" else "")
-        command = "apr eval --task" if kind == "evaluate" else f"apr {kind} --{selector}"
+        family = registry.kinds.get(kind, (None,))[0]
+        command = f"apr {family.command_name} --{family.selector}" if family else ""
         out.append(f"## {kind}\n\n")
         for name, reg in registry.of_kind(kind).items():
             t = reg.technique
-            usage = getattr(t, "usage", None) or command  # a kind outside the CLI names its own option
+            usage = t.usage or command  # a technique outside its kind's selector names its own option
             out.append(f"### `{name}`\n\n`{usage} {name}` — {t.summary}. "
                        f"From `{reg.distribution}` (plugin `{reg.plugin}`).\n\n")
             if t.paper:

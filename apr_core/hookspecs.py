@@ -3,8 +3,8 @@
 A plugin is any module or object with functions marked ``@apr_core.hookimpl``
 whose names match the specs below; it is found through the ``apr`` entry-point
 group. The pipeline behind every command is load -> transform -> evaluate ->
-save, and there is one hook for each stage plus the registration hook that
-declares techniques.
+save, and there is one hook for each stage, plus the registration hooks that
+declare techniques and add commands.
 
 Transforms and evaluations are declared as `Technique` objects (see
 `apr_core.technique`) through `apr_register_techniques`; the
@@ -120,4 +120,18 @@ def apr_formats() -> "list[str]":
 
     :return: a list of format names; all results are concatenated and offered
         as choices of ``--format``.
+    """
+
+
+@hookspec
+def apr_register_commands(cli: Any) -> None:
+    """Add whole commands that are not a technique of a kind (``apr tune``, ``apr data``).
+
+    Technique commands (``apr merge`` ...) are generated from the registry; this hook is for
+    commands with a shape of their own: a study that searches over techniques, a builder
+    that writes datasets. Add them to the click group with ``@cli.command()``. Import heavy
+    modules (torch) inside the command, never at module level, so ``apr --help`` stays fast.
+
+    :param cli: the ``apr`` click group.
+    :return: nothing; every implementation is called.
     """

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import __version__
 from .dtypes import DType, by_name
@@ -118,10 +118,6 @@ class Model:
     def tensor(self, name: str) -> "torch.Tensor":
         return self.tensors[name].load()
 
-    def iter_tensors(self) -> Iterator[tuple[str, "torch.Tensor"]]:
-        for name in self.names():
-            yield name, self.tensors[name].load()
-
     @property
     def param_count(self) -> int:
         return sum(t.spec.numel for t in self.tensors.values())
@@ -129,6 +125,12 @@ class Model:
     @property
     def nbytes(self) -> int:
         return sum(t.spec.nbytes for t in self.tensors.values())
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Stored bits per parameter (block scales included), 0 for an empty model."""
+        params = self.param_count
+        return 8 * self.nbytes / params if params else 0.0
 
     def dtype_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -1,21 +1,28 @@
 """load -> transform -> evaluate -> save, through the plugin hooks.
 
-The CLI is a thin layer over these functions; Python users call them directly::
+`run` is what every technique command does (validate, count inputs, load,
+transform or evaluate, save, summarise); `plan`, `action` and `batch` are its
+report-only and many-technique forms. The CLI only parses options and renders
+what these return, so Python callers (and ``apr tune``, which runs techniques
+as objectives) get exactly what the command line gets::
 
     from apr_core import pipeline
-    base = pipeline.load("base.apr")
-    out = pipeline.transform("merge", "slerp", [a, b], {"weights": (0.85, 0.15)})
-    pipeline.save(out, "merged.apr")
+    summary = pipeline.run("merge", "slerp", ["a.apr", "b.apr"], {"weights": "0.85,0.15"},
+                           output="merged.apr")
+    ppl = pipeline.run("evaluate", "perplexity", ["merged.apr"], {"dataset": "code"})["value"]
+
+The lower-level `load`, `transform`, `evaluate` and `save` work on `Model`
+handles already in memory.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from .errors import AprError
-from .kinds import CORE_KINDS
 from .model import LazyTensor, Model, TensorSpec
 from .plugins import manager
 from .technique import EvaluateTechnique, Kind, RunContext, TransformTechnique
@@ -88,45 +95,142 @@ def cast(model: Model, dtype: str | None) -> Model:
     return out
 
 
-def transform_technique(kind: str, name: str) -> TransformTechnique:
+def technique_of(kind_name: str, name: str):
+    """The registered technique ``name`` of kind ``kind_name`` (one line naming the choices if not)."""
     _, registry = manager()
-    technique = registry.get(kind, name)
+    return registry.get(kind_name, name)
+
+
+def transform_technique(kind_name: str, name: str) -> TransformTechnique:
+    technique = technique_of(kind_name, name)
     if not isinstance(technique, TransformTechnique):
-        raise AprError(f"{kind} {name} is not a transform")
+        raise AprError(f"{kind_name} {name} is not a transform")
     return technique
 
 
 def kind(name: str) -> Kind:
-    """The command family ``name``: a core kind or one a plugin registered."""
+    """The command family ``name`` (``merge``, ``evaluate`` ...), as its plugin declared it."""
     _, registry = manager()
-    if name in registry.kinds:
-        return registry.kinds[name][0]
-    if name in CORE_KINDS:
-        return CORE_KINDS[name]
-    raise AprError(f"unknown technique kind {name!r}")
+    return registry.kind(name)
 
 
-def transform(kind_name: str, name: str, inputs: list[Model], raw_params: dict[str, Any],
-              context: RunContext | None = None) -> Model:
-    """Validate parameters (the technique's and its kind's shared options), run the technique
-    through the apr_transform hook, and record provenance."""
+def chosen(kind_: Kind, name: str | None) -> str:
+    """The technique a command runs: ``name``, else the kind's default."""
+    name = name or kind_.default
+    if not name:
+        _, registry = manager()
+        raise AprError(f"apr {kind_.command_name} needs --{kind_.selector} "
+                       f"({', '.join(registry.of_kind(kind_.name)) or 'none installed'})")
+    return name
+
+
+def check_input_count(kind_: Kind, technique, sources: list[str]) -> None:
+    lo, hi = technique.input_range(kind_)
+    if len(sources) < lo or (hi is not None and len(sources) > hi):
+        want = f"{lo}" if lo == hi else f"{lo} to {hi}" if hi is not None else f"at least {lo}"
+        raise AprError(f"{kind_.name} {technique.name} takes {want} model(s), got {len(sources)}")
+
+
+def _prepare(kind_name: str, name: str | None, sources: list[str], raw: dict[str, Any] | None):
+    """Kind, technique and validated parameters, before anything is loaded."""
+    kind_ = kind(kind_name)
+    technique = technique_of(kind_.name, chosen(kind_, name))
+    check_input_count(kind_, technique, sources)
+    params = technique.resolve_params(_given(raw), kind_.options)
+    return kind_, technique, params
+
+
+def _given(raw: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (raw or {}).items() if v is not None}
+
+
+def _apply(kind_: Kind, technique: TransformTechnique, inputs: list[Model], params: dict[str, Any],
+           context: RunContext) -> Model:
     pm, _ = manager()
-    technique = transform_technique(kind_name, name)
-    params = technique.resolve_params(raw_params, kind(kind_name).options)
-    context = context or RunContext()
     result = pm.hook.apr_transform(technique=technique, inputs=inputs, params=params, context=context)
     recorded = dict(params)
     if technique.random:
         recorded["seed"] = context.seed
-    return result.with_operation(kind_name, name, recorded, [*inputs, *context.extra_inputs])
+    return result.with_operation(kind_.name, technique.name, recorded, [*inputs, *context.extra_inputs])
+
+
+def _evaluate(technique: EvaluateTechnique, model: Model, params: dict[str, Any], context: RunContext) -> dict:
+    pm, _ = manager()
+    result = pm.hook.apr_evaluate(technique=technique, model=model, params=params, context=context)
+    threshold = params.get("threshold")
+    if threshold is not None:
+        value = float(result["value"])
+        result["threshold"] = threshold
+        result["passed"] = value >= threshold if result.get("higher_is_better") else value <= threshold
+    return result
+
+
+def run(kind_name: str, name: str | None, sources: list[str], raw_params: dict[str, Any] | None = None,
+        output: str | None = None, fmt: str | None = None, context: RunContext | None = None) -> dict[str, Any]:
+    """Run one technique as its command does and return the summary (or, for an evaluation,
+    the result record with ``passed`` when a threshold was given).
+
+    Every name, count and parameter is validated before any model is loaded, and nothing is
+    written before the transform succeeds.
+    """
+    context = context or RunContext()
+    kind_, technique, params = _prepare(kind_name, name, sources, raw_params)
+    if isinstance(technique, EvaluateTechnique):
+        return _evaluate(technique, load(sources[0]), params, context)
+    if not output:
+        raise AprError(f"apr {kind_.command_name} needs -o/--output (or --plan)")
+    fmt_name = output_format(output, fmt)
+    start = time.perf_counter()
+    result = _apply(kind_, technique, [load(s) for s in sources], params, context)
+    written = save(result, output, fmt_name, progress=context.progress)
+    return {"command": kind_.name, "technique": technique.name, "output": written, "format": fmt_name,
+            "params": result.provenance[-1]["params"], "seconds": round(time.perf_counter() - start, 3),
+            "report": context.report}
+
+
+def plan(kind_name: str, name: str | None, sources: list[str], raw_params: dict[str, Any] | None = None,
+         context: RunContext | None = None) -> dict[str, Any]:
+    """What `run` would do (sizes, memory, time), without writing anything."""
+    context = context or RunContext()
+    _kind, technique, params = _prepare(kind_name, name, sources, raw_params)
+    if not isinstance(technique, TransformTechnique):
+        raise AprError(f"{technique.kind} {technique.name} has no --plan")
+    return technique.plan([load(s, verify=False) for s in sources], params, context)
+
+
+def action(kind_name: str, name: str | None, action_name: str, sources: list[str],
+           raw_params: dict[str, Any] | None = None, context: RunContext | None = None) -> dict[str, Any]:
+    """Run a kind's report-only action (``apr prune --analyze``) with one technique."""
+    context = context or RunContext()
+    kind_, technique, params = _prepare(kind_name, name, sources, raw_params)
+    if action_name not in kind_.actions:
+        raise AprError(f"apr {kind_.command_name} has no --{action_name}")
+    if action_name not in technique.actions:
+        _, registry = manager()
+        able = [n for n, r in registry.of_kind(kind_.name).items() if action_name in r.technique.actions]
+        raise AprError(f"{kind_.name} {technique.name} has no --{action_name}; use --{kind_.selector} "
+                       f"{' or '.join(able) or '(none installed)'}")
+    return getattr(technique, action_name)([load(s) for s in sources], params, context)
+
+
+def transform(kind_name: str, name: str, inputs: list[Model], raw_params: dict[str, Any],
+              context: RunContext | None = None) -> Model:
+    """Validate parameters (the technique's and its kind's shared options), run the technique on
+    models already loaded, through the apr_transform hook, and record provenance."""
+    kind_ = kind(kind_name)
+    technique = transform_technique(kind_.name, name)
+    params = technique.resolve_params(_given(raw_params), kind_.options)
+    return _apply(kind_, technique, inputs, params, context or RunContext())
 
 
 def evaluate(name: str, model: Model, raw_params: dict[str, Any], context: RunContext | None = None) -> dict:
-    pm, registry = manager()
-    technique = registry.get("evaluate", name)
-    assert isinstance(technique, EvaluateTechnique)
-    params = technique.resolve_params(raw_params)
-    return pm.hook.apr_evaluate(technique=technique, model=model, params=params, context=context or RunContext())
+    """Evaluate a model already loaded (see `run` for the command's form)."""
+    kind_ = kind("evaluate")
+    technique = technique_of(kind_.name, name)
+    if not isinstance(technique, EvaluateTechnique):
+        raise AprError(f"evaluate {name} is not an evaluation")
+    params = technique.resolve_params(_given(raw_params), kind_.options)
+    return _evaluate(technique, model, params, context or RunContext())
 
 
 def batch_directory(source: str, kind_name: str, output: str | None) -> Path:
@@ -137,40 +241,52 @@ def batch_directory(source: str, kind_name: str, output: str | None) -> Path:
     return src.parent / f"{src.stem if src.suffix else src.name}-{kind_name}"
 
 
-def batch(kind_name: str, names: list[str], model_source: str, raw_params: dict[str, Any],
-          directory: Path, fmt: str = "apr", context: RunContext | None = None) -> list[dict[str, Any]]:
-    """Apply each technique ``names`` of a kind to one input, writing one file per technique.
+def batch(kind_name: str, names: list[str], sources: list[str], raw_params: dict[str, Any] | None = None,
+          output: str | None = None, fmt: str | None = None, context: RunContext | None = None,
+          batch_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Apply each technique ``names`` of a kind to one input, one file per technique in a
+    directory, then the comparison report (rows plus what the technique's ``compare`` adds).
 
-    Every name and parameter is validated before anything is written, so a typo
-    costs nothing. Returns one row per technique: technique, output path, bytes,
-    seconds (transform and write).
+    Every name and parameter is validated before anything is written, so a typo costs nothing.
+    Each row: technique, output path, bytes, seconds (transform and write).
     """
-    import time
+    from .params import resolve
 
-    _, registry = manager()
-    shared = kind(kind_name).options
+    kind_ = kind(kind_name)
+    if not kind_.batch:
+        raise AprError(f"apr {kind_.command_name} has no --batch")
+    if len(sources) != 1:
+        raise AprError(f"{kind_.name} --batch takes one model, got {len(sources)}")
     if not names:
         raise AprError("--batch needs a comma-separated list of techniques")
-    for name in names:
-        registry.get(kind_name, name)  # unknown names fail here, before any work
     if len(set(names)) != len(names):
         raise AprError(f"--batch lists a technique twice: {','.join(names)}")
-    for name in names:
-        transform_technique(kind_name, name).resolve_params(dict(raw_params), shared)
+    given = _given(raw_params)
+    techniques = [transform_technique(kind_.name, n) for n in names]  # unknown names fail here
+    for technique in techniques:
+        technique.resolve_params(dict(given), kind_.options)
+    options = resolve(kind_.batch_options, _given(batch_options), f"{kind_.name} --batch")
+    fmt = fmt or "apr"
     if fmt not in formats() or fmt == "hf":
         raise AprError(f"--batch writes files; --format must be one of "
                        f"{', '.join(f for f in formats() if f != 'hf')}")
     context = context or RunContext()
+    source = sources[0]
+    directory = batch_directory(source, kind_.name, output)
     directory.mkdir(parents=True, exist_ok=True)
-    stem = Path(model_source).stem if Path(model_source).suffix else Path(model_source).name
+    stem = Path(source).stem if Path(source).suffix else Path(source).name
     ext = {v: k for k, v in EXTENSIONS.items()}.get(fmt, "." + fmt)
     rows = []
-    for name in names:
+    for technique in techniques:
         start = time.perf_counter()
-        result = transform(kind_name, name, [load(model_source)], dict(raw_params), context)
-        out = str(directory / f"{stem}-{name}{ext}")
+        params = technique.resolve_params(dict(given), kind_.options)
+        result = _apply(kind_, technique, [load(source)], params, context)
+        out = str(directory / f"{stem}-{technique.name}{ext}")
         save(result, out, fmt, progress=context.progress)
-        rows.append({"technique": name, "output": out, "bytes": os.path.getsize(out),
+        rows.append({"technique": technique.name, "output": out, "bytes": os.path.getsize(out),
                      "seconds": round(time.perf_counter() - start, 3)})
-        context.log(f"{kind_name} {name}: wrote {out} in {rows[-1]['seconds']:.1f}s")
-    return rows
+        context.log(f"{kind_.name} {technique.name}: wrote {out} in {rows[-1]['seconds']:.1f}s")
+    report: dict[str, Any] = {"command": kind_.name, "input": source, "directory": str(directory)}
+    report.update(techniques[0].compare(source, rows, options, context))
+    report["rows"] = rows
+    return report

@@ -1,11 +1,14 @@
 """Plugin discovery and the technique registry.
 
 Plugins are modules named in the ``apr`` entry-point group; built-ins are
-listed there exactly like third-party packages. ``APR_PLUGINS`` (comma list
-of entry-point names) allow-lists plugins and ``APR_DISABLE_PLUGINS``
-deny-lists them. After loading, `check_pending` makes a misspelt hook name
-fail loudly, then every plugin's ``apr_register_techniques`` is called with a
-callback that records which distribution supplied each technique.
+listed there exactly like third-party packages, one entry point per family
+(``merge``, ``prune``, ``quantize``, ``eval``) plus ``formats``.
+``APR_PLUGINS`` (comma list of entry-point names) allow-lists plugins;
+``APR_DISABLE_PLUGINS`` deny-lists entry points or single techniques, by
+technique name (``ties``) or ``kind/name`` (``merge/ties``). After loading,
+`check_pending` makes a misspelt hook name fail loudly, then every plugin's
+``apr_register_techniques`` is called with a callback that records which
+distribution supplied each technique.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import AprError, PluginError
-from .technique import Kind, Technique
+from .technique import EVALUATE, Kind, Technique
 
 GROUP = "apr"
 ENV_ALLOW = "APR_PLUGINS"
@@ -66,16 +69,18 @@ def _names(env: str) -> set[str] | None:
 class Registry:
     """Techniques and kinds by name, with the distribution each came from."""
 
-    def __init__(self) -> None:
+    def __init__(self, deny: set[str] | None = None) -> None:
         self.techniques: dict[tuple[str, str], Registered] = {}
-        self.kinds: dict[str, tuple[Kind, str]] = {}
+        self.kinds: dict[str, tuple[Kind, str]] = {EVALUATE.name: (EVALUATE, "apr-core")}
         self.plugins: list[PluginInfo] = []
+        self.deny = deny or set()
 
     def add(self, obj: Technique | Kind, plugin: str, dist: str, version: str) -> None:
         if isinstance(obj, Kind):
             prior = self.kinds.get(obj.name)
-            if prior is not None and prior[0] != obj:
-                raise PluginError(f"plugin {plugin} redefines command kind {obj.name!r} (first defined by {prior[1]})")
+            if prior is not None:
+                raise PluginError(f"plugin {plugin} declares command kind {obj.name!r}, which {prior[1]} "
+                                  f"already declares; a kind is declared once, by its family's plugin")
             self.kinds[obj.name] = (obj, plugin)
             return
         if not isinstance(obj, Technique):
@@ -84,6 +89,8 @@ class Registry:
         if not obj.name or not obj.kind:
             raise PluginError(f"plugin {plugin} registered a technique without a name or kind: {obj!r}")
         key = (obj.kind, obj.name)
+        if obj.name in self.deny or f"{obj.kind}/{obj.name}" in self.deny:
+            return
         if key in self.techniques:
             first = self.techniques[key]
             raise PluginError(f"{obj.kind} technique {obj.name!r} is registered twice: by "
@@ -92,6 +99,17 @@ class Registry:
 
     def of_kind(self, kind: str) -> dict[str, Registered]:
         return {name: r for (k, name), r in sorted(self.techniques.items()) if k == kind}
+
+    def kind(self, name: str) -> Kind:
+        found = self.kinds.get(name)
+        if found is None:
+            raise AprError(f"no installed plugin provides the {name!r} command family")
+        return found[0]
+
+    def commands(self) -> dict[str, Kind]:
+        """Command name -> kind, for every kind with at least one installed technique."""
+        used = {k for k, _ in self.techniques}
+        return {kind.command_name: kind for kind, _ in self.kinds.values() if kind.name in used}
 
     def get(self, kind: str, name: str) -> Technique:
         found = self.techniques.get((kind, name))
@@ -121,7 +139,7 @@ def build(extra_plugins: Iterable[tuple[str, Any]] = (),
     pm.add_hookspecs(hookspecs)
     pm.register(_CoreRunner(), name="apr-core-runner")
     allow, deny = _names(ENV_ALLOW), _names(ENV_DENY) or set()
-    registry = Registry()
+    registry = Registry(deny)
     origin: dict[str, tuple[str, str]] = {}
     seen_eps: dict[str, str] = {}
     for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):

@@ -166,19 +166,19 @@ def check_technique(kind: str, name: str, workdir: str | Path, arch: str = "llam
     technique = registry.get(kind, name)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    if kind == "evaluate":
-        return _check_evaluate(technique, workdir, arch)
-    from .technique import TransformTechnique
+    from .technique import EvaluateTechnique, TransformTechnique
 
+    if isinstance(technique, EvaluateTechnique):
+        return _check_evaluate(technique, workdir, arch)
     if not isinstance(technique, TransformTechnique):
         # Techniques that neither transform nor evaluate models (e.g. eval prompt strategies)
-        # bring their own contract as a ``contract(workdir)`` method.
-        contract = getattr(technique, "contract", None)
-        assert contract is not None, f"{kind} {name}: not a transform or evaluation and has no contract()"
-        return contract(workdir)
-    n_inputs = max(1, getattr(technique, "min_inputs", 1))
+        # bring their own contract.
+        result = technique.contract(workdir)
+        assert result is not None, f"{kind} {name}: not a transform or evaluation and has no contract()"
+        return result
+    n_inputs = max(1, technique.input_range(pipeline.kind(kind))[0])
     paths = [write_tiny(workdir / f"in{i}.apr", arch, seed=i) for i in range(n_inputs)]
-    raw = technique.contract_params(workdir, paths) if hasattr(technique, "contract_params") else {}
+    raw = technique.contract_params(workdir, paths)
 
     def run(seed: int, out: Path) -> Model:
         inputs = [read_apr(p) for p in paths]
@@ -189,13 +189,13 @@ def check_technique(kind: str, name: str, workdir: str | Path, arch: str = "llam
     first = run(1234, workdir / "out1.apr")
     base = read_apr(paths[0])
     what = f"{kind} {name}"
-    _assert_same_metadata(base, first, what, tuple(getattr(technique, "config_changes", ())))
+    _assert_same_metadata(base, first, what, technique.config_changes)
     _assert_finite(first, what)
-    if not getattr(technique, "changes_shapes", False):
+    if not technique.changes_shapes:
         for n in base.names():
             assert n in first.tensors, f"{what}: tensor {n} disappeared"
             assert first.spec(n).shape == base.spec(n).shape, f"{what}: shape of {n} changed"
-            if not getattr(technique, "changes_dtypes", False):
+            if not technique.changes_dtypes:
                 assert first.spec(n).dtype == base.spec(n).dtype, f"{what}: dtype of {n} changed"
     last = first.provenance[-1]
     assert last["operation"] == kind and last["technique"] == name, f"{what}: provenance not recorded"
@@ -221,13 +221,14 @@ def _check_runs(model: Model, what: str) -> None:
 
 
 def _check_evaluate(technique, workdir: Path, arch: str) -> dict[str, Any]:
+    from . import pipeline
     from .formats.apr import read_apr
     from .technique import RunContext
 
     path = write_tiny(workdir / "eval.apr", arch)
-    raw = technique.contract_params(workdir, [path]) if hasattr(technique, "contract_params") else {}
-    params = technique.resolve_params(raw)
-    results = [technique.evaluate(read_apr(path), params, RunContext(seed=7, quiet=True)) for _ in range(2)]
+    raw = technique.contract_params(workdir, [path])
+    results = [pipeline.evaluate(technique.name, read_apr(path), dict(raw), RunContext(seed=7, quiet=True))
+               for _ in range(2)]
     what = f"evaluate {technique.name}"
     for r in results:
         json.dumps(r)

@@ -2,8 +2,12 @@
 
 import os
 
-# Must precede any triton import: kernels run on CPU through the interpreter.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+# Must precede any triton import: without a GPU, kernels run on the CPU through the interpreter;
+# with one they compile and run on it (the `gpu` tests compare both devices).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("APR_QUIET", "1")
 

@@ -70,8 +70,8 @@ def test_merging_a_model_with_itself_returns_it(strategy, models):
 
 @pytest.mark.parametrize("strategy", ["task_arithmetic", "ties", "dare_ties"])
 def test_self_merge_over_a_different_base_returns_the_model_up_to_rounding(strategy, models):
-    raw = {"base_model": models["base"]}
-    if strategy == "dare_ties":
+    raw = {"base_model": models["base"], "normalize": True}  # the mean of a and a is a
+    if strategy in ("dare", "dare_ties"):
         raw["drop_rate"] = 0.0
     if strategy == "ties":
         raw["density"] = 1.0
@@ -131,13 +131,14 @@ def test_weighted_one_zero_returns_the_first_and_weights_are_normalised(models):
 
 def test_task_arithmetic_is_base_plus_scaled_task_vectors(models):
     base, a, b = (read_apr(models[k]) for k in ("base", "a", "b"))
-    mean, _ = merge("task_arithmetic", [a, b], base_model=models["base"])
-    summed, _ = merge("task_arithmetic", [a, b], base_model=models["base"], normalize=False, scaling=0.5,
-                      weights="1,2")
+    summed, _ = merge("task_arithmetic", [a, b], base_model=models["base"])  # Ilharco et al.: a sum
+    mean, _ = merge("task_arithmetic", [a, b], base_model=models["base"], normalize=True)
+    scaled, _ = merge("task_arithmetic", [a, b], base_model=models["base"], scaling=0.5, weights="1,2")
     for name in base.names():
         x, y, z = base.tensor(name), a.tensor(name), b.tensor(name)
+        torch.testing.assert_close(summed.tensor(name), x + (y - x) + (z - x))
         torch.testing.assert_close(mean.tensor(name), x + ((y - x) + (z - x)) / 2)
-        torch.testing.assert_close(summed.tensor(name), x + 0.5 * ((y - x) + 2 * (z - x)))
+        torch.testing.assert_close(scaled.tensor(name), x + 0.5 * ((y - x) + 2 * (z - x)))
 
 
 @pytest.mark.parametrize("inputs", [["a"], ["a", "scaled"]])
@@ -152,38 +153,66 @@ def test_ties_at_density_one_and_dare_at_drop_zero_reduce_to_task_arithmetic(inp
         paths["scaled"] = str(tmp_path / "scaled.apr")
         write_apr(scaled, paths["scaled"])
     ins = [paths[k] for k in inputs]
-    ta = materialize(merge("task_arithmetic", ins, base_model=models["base"])[0])
+    ta_sum = materialize(merge("task_arithmetic", ins, base_model=models["base"])[0])
+    ta_mean = materialize(merge("task_arithmetic", ins, base_model=models["base"], normalize=True)[0])
     ties = materialize(merge("ties", ins, base_model=models["base"], density=1.0)[0])
     dare = materialize(merge("dare", ins, seed=5, base_model=models["base"], drop_rate=0.0)[0])
     dare_ties = materialize(merge("dare_ties", ins, seed=5, base_model=models["base"], drop_rate=0.0)[0])
-    for name in ta:
-        assert torch.equal(ties[name], ta[name]), name
-        assert torch.equal(dare[name], ta[name]), name
+    for name in ta_sum:
+        assert torch.equal(ties[name], ta_mean[name]), name  # TIES' disjoint mean, all signs agreeing
+        assert torch.equal(dare[name], ta_sum[name]), name  # DARE sums, as task arithmetic does
         assert torch.equal(dare_ties[name], ties[name]), name
 
 
-def test_ties_matches_an_elementwise_reading_of_the_paper(models):
-    base, a, b, c = (read_apr(models[k]) for k in ("base", "a", "b", "c"))
-    out, _ = merge("ties", [a, b, c], base_model=models["base"], density=0.3)
-    name = "model.layers.1.self_attn.k_proj.weight"
-    x = base.tensor(name).reshape(-1).tolist()
-    taus = [[yi - xi for yi, xi in zip(m.tensor(name).reshape(-1).tolist(), x)] for m in (a, b, c)]
+def _ties_reference(base, inputs, density, normalize=True):
+    """TIES written independently, element by element in float64 (Yadav et al. 2023, with mergekit's
+    count k = int(density * n) and exact top-k by argsort): trim, elect sign, disjoint mean."""
+    import numpy as np
+
+    x = base.astype(np.float64)
+    taus = [m.astype(np.float64) - x for m in inputs]
     trimmed = []
-    for tau in taus:  # keep the top 30% by magnitude
-        k = round(0.3 * len(tau))
-        cut = sorted((abs(v) for v in tau), reverse=True)[k - 1]
-        trimmed.append([v if abs(v) >= cut else 0.0 for v in tau])
-    expect = []
-    for j, xj in enumerate(x):
-        vals = [t[j] for t in trimmed]
-        total = sum(vals)
-        elected = 1 if total > 0 else -1 if total < 0 else 0
-        agree = [v for v in vals if v != 0 and (v > 0) == (elected > 0) and elected != 0]
-        expect.append(xj + (sum(agree) / len(agree) if agree else 0.0))
-    got = out.tensor(name).reshape(-1)
-    torch.testing.assert_close(got, torch.tensor(expect, dtype=got.dtype), rtol=1e-5, atol=1e-6)
-    kept = [sum(1 for v in t if v != 0) / len(t) for t in trimmed]
-    assert all(abs(k - 0.3) < 0.01 for k in kept)
+    for tau in taus:
+        k = max(1, int(density * tau.size))
+        keep = np.argsort(-np.abs(tau), kind="stable")[:k]
+        t = np.zeros_like(tau)
+        t[keep] = tau[keep]
+        trimmed.append(t)
+    stack = np.stack(trimmed)
+    sign = np.sign(stack.sum(0))
+    agree = (np.sign(stack) == sign) & (stack != 0)
+    total = (stack * agree).sum(0)
+    count = agree.sum(0)
+    merged = np.where(count > 0, total / np.maximum(count, 1), 0.0) if normalize else total
+    return x + merged
+
+
+def test_ties_matches_an_independent_reference(models):
+    base, a, b, c = (read_apr(models[k]) for k in ("base", "a", "b", "c"))
+    for density in (0.3, 0.05):
+        out, _ = merge("ties", [a, b, c], base_model=models["base"], density=density)
+        for name in base.names():
+            expect = _ties_reference(base.tensor(name).reshape(-1).numpy(),
+                                     [m.tensor(name).reshape(-1).numpy() for m in (a, b, c)], density)
+            got = out.tensor(name).reshape(-1)
+            torch.testing.assert_close(got, torch.from_numpy(expect).to(got.dtype), rtol=1e-5, atol=1e-6,
+                                       msg=lambda m, n=name: f"{n} at density {density}: {m}")
+
+
+def test_ties_keeps_floor_density_times_n_entries(models):
+    """One task vector: the merge changes exactly mergekit's k = floor(density * n) entries of each
+    tensor whose task vector has distinct magnitudes (round() would keep one more on some)."""
+    base, a = read_apr(models["base"]), read_apr(models["a"])
+    out, _ = merge("ties", [a], base_model=models["base"], density=0.3)
+    checked = 0
+    for name in base.names():
+        tau = (a.tensor(name) - base.tensor(name)).reshape(-1)
+        if tau.abs().unique().numel() != tau.numel():
+            continue  # tied magnitudes (e.g. norms initialised alike) keep every tied entry
+        changed = int((out.tensor(name) != base.tensor(name)).sum())
+        assert changed == max(1, math.floor(0.3 * tau.numel())), name
+        checked += 1
+    assert checked >= 10
 
 
 def test_dare_drops_at_the_rate_and_rescales_survivors(models):

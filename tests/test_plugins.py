@@ -29,13 +29,17 @@ def test_builtins_come_from_entry_points():
     _, registry = build()
     assert ("evaluate", "perplexity") in registry.techniques
     assert registry.techniques[("evaluate", "perplexity")].distribution == "apr"
-    assert {p.name for p in registry.plugins} >= {"formats", "eval-perplexity"}
+    assert {p.name for p in registry.plugins} >= {"formats", "eval", "merge", "prune", "quantize"}
 
 
 def test_allow_and_deny_lists(monkeypatch):
-    monkeypatch.setenv("APR_DISABLE_PLUGINS", "eval-perplexity")
+    monkeypatch.setenv("APR_DISABLE_PLUGINS", "perplexity,merge/ties")
     _, registry = build()
     assert ("evaluate", "perplexity") not in registry.techniques
+    assert ("merge", "ties") not in registry.techniques and ("merge", "dare_ties") in registry.techniques
+    monkeypatch.setenv("APR_DISABLE_PLUGINS", "quantize")
+    _, registry = build()
+    assert not registry.of_kind("quantize") and "quantize" not in registry.commands()
     monkeypatch.delenv("APR_DISABLE_PLUGINS")
     monkeypatch.setenv("APR_PLUGINS", "formats")
     _, registry = build()
@@ -73,10 +77,19 @@ def test_transform_hook_can_wrap_every_technique():
             seen.append(technique.name)
             yield
 
-    pm, registry = build(extra_plugins=[("spy", Spy()), ("dummy", _reg(_Dummy()))])
-    tech = registry.get("merge", "dummy")
-    pm.hook.apr_transform(technique=tech, inputs=["x"], params={}, context=None)
-    assert seen == ["dummy"]
+    from apr_core import pipeline, plugins
+    from apr_core.testing import tiny_model
+
+    plugins.use(build(extra_plugins=[("spy", Spy()), ("dummy", _reg(_Dummy()))]))
+    try:
+        model = tiny_model("llama")
+        out = pipeline.transform("merge", "dummy", [model, model], {})
+        assert seen == ["dummy"]
+        assert out.provenance[-1]["technique"] == "dummy"
+        pipeline.transform("merge", "average", [model, model], {})
+        assert seen == ["dummy", "average"]  # the wrapper sees every technique the pipeline runs
+    finally:
+        plugins.use(None)
 
 
 def _reg(technique):
@@ -154,6 +167,7 @@ def test_plugin_kinds_with_shared_options_and_actions(tmp_path, llama_apr):
         name = "scale"
         summary = "multiply every weight"
         params = (Param("factor", "float", 1.0, min=0),)
+        actions = ("audit",)
 
         def transform(self, inputs, params, context):
             seen["transform"] = dict(params)

@@ -66,7 +66,7 @@ def test_sparsity_is_exact_and_only_linears_are_touched(method, pattern, ratio, 
 
 
 def test_wanda_layer0_matches_an_independent_computation(calib):
-    from apr_prune.calibration import calibration_windows
+    from apr_core.runtime.tokens import calibration_windows
 
     model = tiny_model("qwen2", seed=4)
     out, _ = _prune(model, "wanda", calib, target_ratio=0.4)

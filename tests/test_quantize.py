@@ -237,9 +237,9 @@ def test_core_batch_validates_before_writing(model_apr, tmp_path):
     assert pipeline.batch_directory("a/model.apr", "quantize", "x") == Path("x")
     for names, match in ((["int8", "nope"], "nope"), (["int8", "int8"], "twice"), ([], "needs")):
         with pytest.raises(Err, match=match):
-            pipeline.batch("quantize", names, model_apr, {}, tmp_path / "d")
+            pipeline.batch("quantize", names, [model_apr], {}, str(tmp_path / "d"))
     with pytest.raises(Err, match="does not apply"):
-        pipeline.batch("quantize", ["int8"], model_apr, {"target_ratio": "0.5"}, tmp_path / "d")
+        pipeline.batch("quantize", ["int8"], [model_apr], {"target_ratio": "0.5"}, str(tmp_path / "d"))
     assert not (tmp_path / "d").exists()
 
 

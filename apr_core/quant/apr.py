@@ -98,6 +98,11 @@ class AprQ4(Codec):
         q = torch.where(scale[:, None] == 0, torch.zeros_like(q), q) + 8
         return torch.cat([f16_bytes(scale), pack_low_high(q)], dim=1)
 
+    def encode(self, x):
+        from ..kernels.quant import int4_quantize  # the Triton kernel for CUDA tensors
+
+        return int4_quantize(x)
+
     def decode_rows(self, raw, rows, cols):
         import torch
 

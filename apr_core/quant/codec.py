@@ -55,23 +55,27 @@ class Codec:
         return self.dt.nbytes((1, cols)) - self.dt.prefix_bytes
 
     # -- public entry points -------------------------------------------------------------
-    def quantize(self, w: "torch.Tensor") -> "torch.Tensor":
-        """The raw bytes (1-D uint8) of ``w`` stored as this dtype."""
+    def quantize(self, w: "torch.Tensor", device: str = "cpu") -> "torch.Tensor":
+        """The raw bytes (1-D uint8, on the CPU) of ``w`` stored as this dtype, computed on ``device``."""
         import torch
 
         if not self.fits(tuple(w.shape)):
             raise AprError(f"{self.dtype} needs rows that are a multiple of {self.block_size}, "
                            f"got shape {list(w.shape)}")
         cols = int(w.shape[-1])
-        x = w.detach().to("cpu", torch.float32).reshape(-1, cols)
+        x = w.detach().to(device, torch.float32).reshape(-1, cols)
         # a tensor-wide prefix (AprQ8's scale) needs every row at once; others go in chunks
         step = x.shape[0] if self.dt.prefix_bytes else max(1, CHUNK_ELEMENTS // max(cols, 1))
-        with one_thread():
-            parts = [self.encode_rows(x[r:r + step].contiguous()).reshape(-1)
+        with one_thread(x.device.type == "cpu"):
+            parts = [self.encode(x[r:r + step].contiguous()).reshape(-1).cpu()
                      for r in range(0, max(x.shape[0], 1), step)]
         out = torch.cat(parts) if len(parts) != 1 else parts[0]
         assert out.dtype == torch.uint8 and out.numel() == self.dt.nbytes(tuple(w.shape))
         return out
+
+    def encode(self, x: "torch.Tensor") -> "torch.Tensor":
+        """`encode_rows` through a kernel where one exists for this dtype and device."""
+        return self.encode_rows(x)
 
     def dequantize(self, raw: "torch.Tensor", shape: tuple[int, ...]) -> "torch.Tensor":
         """Float32 values of shape ``shape`` from raw bytes (on raw's device)."""
@@ -110,11 +114,14 @@ def _numel(shape) -> int:
 
 
 @contextlib.contextmanager
-def one_thread():
+def one_thread(active: bool = True):
     """Quantize on one thread: the k-quant search runs thousands of ~100k-element ops, and with
     intra-op threads each pays a hand-off that dominated (up to 100x) on a busy machine."""
     import torch
 
+    if not active:
+        yield
+        return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -27,8 +27,8 @@ def float_tensor(lazy: LazyTensor) -> "torch.Tensor":
     return lazy.load().to(torch.float32)
 
 
-def restore(lazy: LazyTensor, dtype: str) -> LazyTensor:
-    """``lazy`` stored as ``dtype`` (unchanged if it already is)."""
+def restore(lazy: LazyTensor, dtype: str, device: str = "cpu") -> LazyTensor:
+    """``lazy`` stored as ``dtype`` (unchanged if it already is); quantization runs on ``device``."""
     from . import codec
 
     if lazy.spec.dtype == dtype:
@@ -37,7 +37,7 @@ def restore(lazy: LazyTensor, dtype: str) -> LazyTensor:
 
     def load():
         if spec.dt.quantized:
-            return codec(dtype).quantize(float_tensor(lazy))
+            return codec(dtype).quantize(float_tensor(lazy), device)
         if not lazy.spec.dt.quantized and lazy.spec.dt.torch_name is not None:
             return lazy.load().to(spec.dt.torch_dtype())
         return float_tensor(lazy).to(spec.dt.torch_dtype())
@@ -45,9 +45,9 @@ def restore(lazy: LazyTensor, dtype: str) -> LazyTensor:
     return LazyTensor(spec, load)
 
 
-def convert(model: Model, targets: dict[str, str]) -> Model:
-    """A copy of ``model`` with tensor ``name`` stored as ``targets[name]``."""
+def convert(model: Model, targets: dict[str, str], device: str = "cpu") -> Model:
+    """A copy of ``model`` with tensor ``name`` stored as ``targets[name]`` (quantized on ``device``)."""
     out = model.derive()
     for name, dtype in targets.items():
-        out.tensors[name] = restore(model.tensors[name], dtype)
+        out.tensors[name] = restore(model.tensors[name], dtype, device)
     return out

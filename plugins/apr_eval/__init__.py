@@ -1,1 +1,2 @@
-"""Evaluate plugins for apr: perplexity now; code benchmarks (HumanEval, MBPP) join here."""
+"""Evaluate plugins for apr: perplexity, and the code tasks (HumanEval, MBPP, any code jsonl) with
+their prompt strategies and sandbox; all registered by `apr_eval.plugin`."""

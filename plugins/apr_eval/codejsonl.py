@@ -6,7 +6,6 @@ in one file.
 """
 
 from apr_core.params import Param
-from apr_core.plugins import hookimpl
 
 from .code.problems import load_problems
 from .code.task import CodeTask
@@ -20,8 +19,3 @@ class CodeJsonl(CodeTask):
 
     def problems(self, params):
         return load_problems(params["data"]), params["data"]
-
-
-@hookimpl
-def apr_register_techniques(register):
-    register(CodeJsonl())

@@ -5,10 +5,7 @@ Without ``--data`` the problems are the ones shipped inside the PyPI package ``h
 HumanEval+ in the original layout, or a subset).
 """
 
-from pathlib import Path
-
 from apr_core.params import Param
-from apr_core.plugins import hookimpl
 
 from .code.problems import humaneval_path, load_problems
 from .code.task import CodeTask
@@ -24,12 +21,9 @@ class HumanEval(CodeTask):
         path = params["data"] or humaneval_path()
         return load_problems(path, want="humaneval"), path
 
-    def contract_params(self, workdir, inputs):
-        raw = super().contract_params(workdir, inputs)
-        raw["data"] = str(Path(raw["data"]).with_name("humaneval-mini.jsonl"))
-        return raw
-
-
-@hookimpl
-def apr_register_techniques(register):
-    register(HumanEval())
+    contract_problems = (
+        {"task_id": "Contract/0", "prompt": 'def inc(x):\n    """Return x plus one."""\n', "entry_point": "inc",
+         "canonical_solution": "    return x + 1\n", "test": "def check(candidate):\n    assert candidate(1) == 2\n"},
+        {"task_id": "Contract/1", "prompt": 'def neg(x):\n    """Return minus x."""\n', "entry_point": "neg",
+         "canonical_solution": "    return -x\n", "test": "def check(candidate):\n    assert candidate(3) == -3\n"},
+    )

@@ -7,7 +7,6 @@ model — and ``--no-test-assertions`` removes them for the ablation.
 """
 
 from apr_core.params import Param
-from apr_core.plugins import hookimpl
 
 from .code.problems import load_problems
 from .code.task import CodeTask
@@ -21,8 +20,3 @@ class Mbpp(CodeTask):
 
     def problems(self, params):
         return load_problems(params["data"], want="mbpp"), params["data"]
-
-
-@hookimpl
-def apr_register_techniques(register):
-    register(Mbpp())

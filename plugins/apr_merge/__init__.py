@@ -1,1 +1,2 @@
-"""apr merge: average, weighted, slerp, task arithmetic, TIES, DARE and DARE-TIES, streamed tensor by tensor."""
+"""apr merge: average, weighted, slerp and the task-vector family (task arithmetic, TIES, DARE,
+DARE-TIES), streamed tensor by tensor."""

@@ -4,8 +4,9 @@ A strategy implements ``combine`` (and optionally ``prepare``) on float32
 chunks. `MergeTechnique.transform` only checks and plans (tensor specs, no
 data); the returned model's tensors are lazy, and each ``load()`` reads that
 one tensor from every input's memory map, merges it chunk by chunk
-(``CHUNK`` elements, in float32) into a tensor of the reference's dtype and
-returns it. The writer asks for one tensor at a time, so peak memory is about
+(``CHUNK`` elements, in float32, on the run's device: a CUDA run moves one
+chunk per input to the GPU, where the Triton kernels run) into a tensor of the
+reference's dtype and returns it. The writer asks for one tensor at a time, so peak memory is about
 one output tensor plus a few float32 chunks, whatever the model size.
 """
 
@@ -37,7 +38,6 @@ class MergeTechnique(TransformTechnique):
 
     kind = "merge"
     min_inputs = 2
-    max_inputs: int | None = None
     #: True for the task-vector family: the base model is the reference and is read per tensor
     uses_base = False
 
@@ -105,11 +105,13 @@ class MergeTechnique(TransformTechnique):
         views = [(ref if src is plan.reference else src.load()).reshape(-1)[:plan.shared] for src in plan.sources]
         base = flat_ref[:plan.shared] if self.uses_base else None
         state = self.prepare(plan, views, base, params, context)
+        device = context.device
         for start in range(0, plan.shared, CHUNK):
             end = min(plan.shared, start + CHUNK)
-            chunks = [v[start:end].to(compute) for v in views]
-            b = base[start:end].to(compute) if base is not None else None
-            flat_out[start:end] = self.combine(chunks, b, state, start, plan, params, context).to(out.dtype)
+            chunks = [v[start:end].to(device=device, dtype=compute) for v in views]
+            b = base[start:end].to(device=device, dtype=compute) if base is not None else None
+            merged = self.combine(chunks, b, state, start, plan, params, context)
+            flat_out[start:end] = merged.to(device="cpu", dtype=out.dtype)
         flat_out[plan.shared:] = flat_ref[plan.shared:]
         return out
 

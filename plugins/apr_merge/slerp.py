@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 
 from apr_core.errors import AprError
-from apr_core.plugins import hookimpl
 
 from .common import MergeTechnique, weights_param
 
@@ -53,8 +52,8 @@ class Slerp(MergeTechnique):
         dot = n0 = n1 = 0.0
         x0, x1 = views
         for start in range(0, x0.numel(), CHUNK):
-            a = x0[start:start + CHUNK].double()
-            b = x1[start:start + CHUNK].double()
+            a = x0[start:start + CHUNK].to(context.device).double()
+            b = x1[start:start + CHUNK].to(context.device).double()
             dot += float(torch.dot(a, b))
             n0 += float(torch.dot(a, a))
             n1 += float(torch.dot(b, b))
@@ -79,8 +78,3 @@ class Slerp(MergeTechnique):
         a, b = params["weights"]
         report["t"] = f"{self.t(params):g} ({a:g} of {inputs[0].source}, {b:g} of {inputs[1].source})"
         return report
-
-
-@hookimpl
-def apr_register_techniques(register):
-    register(Slerp())

@@ -1,6 +1,6 @@
 """Pruning plugins for apr: magnitude, wanda, sparsegpt, structured, depth and width.
 
-Each method is its own module and entry point; they share the prune command
-family (`common.PRUNE_KIND`), calibration data (`calibration`) and the
-layer-by-layer engine (`layerwise`).
+One module per method, registered together by `apr_prune.plugin` with the prune command family
+(`common.PRUNE_KIND`). Calibrated methods run the model one decoder layer at a time through
+`apr_core.runtime.layerwise`.
 """

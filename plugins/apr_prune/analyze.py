@@ -28,46 +28,47 @@ MAX_WINDOWS = 16
 HELD_OUT = 8
 
 
-def _heldout_nll(engine, hidden, head, targets) -> float:
+def _heldout_nll(hidden, head, targets) -> float:
     """Mean next-token cross-entropy of final hidden states ``hidden`` against ``targets``."""
     import torch
-    import torch.nn.functional as F
 
-    total, count = 0.0, 0
+    from apr_core.runtime.loss import next_token_loss
+
     norm, lm_head, cap = head
+    total, count = 0.0, 0
     with torch.inference_mode():
         for h, ids in zip(hidden, targets):
-            logits = lm_head(norm(h))[:, :-1].float()
-            if cap:
-                logits = torch.tanh(logits / cap) * cap
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                     reduction="sum").item()
-            count += ids[:, 1:].numel()
+            nll, n = next_token_loss(h, lambda x: lm_head(norm(x)), ids.to(h.device), softcap=cap)
+            total += float(nll)
+            count += n
     return total / count
 
 
 def _head_modules(model, engine):
-    """Final norm and LM head of the model, materialised (small next to the layers)."""
+    """Final norm and LM head of the model, materialised on the engine's device (small next to the
+    layers)."""
     import copy
 
     import torch
 
     skeleton = engine.skeleton
-    norm = copy.deepcopy(skeleton.get_decoder().norm).to_empty(device="cpu")
+    norm = copy.deepcopy(skeleton.get_decoder().norm).to_empty(device=engine.device)
     prefix = engine.prefix[: -len("layers.")]
     norm.load_state_dict({"weight": model.tensor(prefix + "norm.weight").float()})
     head_name = "lm_head.weight" if "lm_head.weight" in model.tensors else prefix + "embed_tokens.weight"
-    lm_head = torch.nn.Linear(int(model.text_config()["hidden_size"]), model.spec(head_name).shape[0], bias=False)
-    lm_head.weight.data = model.tensor(head_name).float()
-    return norm, lm_head, model.text_config().get("final_logit_softcapping")
+    lm_head = torch.nn.Linear(int(model.text_config()["hidden_size"]), model.spec(head_name).shape[0], bias=False,
+                              device=engine.device)
+    lm_head.weight.data = model.tensor(head_name).to(engine.device, torch.float32)
+    return norm.to(engine.dtype), lm_head.to(engine.dtype), model.text_config().get("final_logit_softcapping")
 
 
 def analyze(technique, model, params, context) -> dict[str, Any]:
     import torch
 
-    from .calibration import calibration_windows
+    from apr_core.runtime.layerwise import Layerwise
+    from apr_core.runtime.tokens import calibration_windows
+
     from .common import parse_pattern
-    from .layerwise import Layerwise
 
     nm = parse_pattern(params["pattern"])
     n_cal = min(params["calibration_samples"], MAX_WINDOWS)
@@ -75,47 +76,43 @@ def analyze(technique, model, params, context) -> dict[str, Any]:
     held = calibration_windows(model, params["calibration"], HELD_OUT, params["calibration_seq_len"],
                                context.seed + 1_000_003)
     batch = params["calibration_batch"]
-    engine = Layerwise(model, cal, batch)
-    held_engine = Layerwise(model, held, batch)
+    dtype = context.compute_dtype()
+    engine = Layerwise(model, cal, batch, dtype, context.device)
+    held_engine = Layerwise(model, held, batch, dtype, context.device)
     head = _head_modules(model, engine)
     targets = [held[s: s + batch] for s in range(0, held.shape[0], batch)]
 
     # 1. per-layer sensitivity on dense inputs, plus the dense held-out loss
     layer_ratios = LAYER_RATIOS if nm is None else (params["target_ratio"],)
     rows = []
-    hidden, held_hidden = engine.inputs, held_engine.inputs
-    for i in context.progress(range(engine.num_layers), desc="layer sensitivity", total=engine.num_layers):
-        layer = engine.materialize(i)
-        dense_out = engine.run(i, layer, hidden)
+    held_hidden = held_engine.inputs
+    for step in engine.sweep(context.progress, "layer sensitivity"):
+        hidden, layer = step.inputs, step.layer
+        dense_out = step.forward()  # the dense outputs feed the next layer
         update = sum(float((o - h).pow(2).sum()) for o, h in zip(dense_out, hidden))
         cos = torch.cat([torch.nn.functional.cosine_similarity(h, o, dim=-1).reshape(-1)
                          for h, o in zip(hidden, dense_out)])
-        row = {"layer": i, "block_influence": round(float(1 - cos.mean()), 5)}
+        row = {"layer": step.index, "block_influence": round(float(1 - cos.mean()), 5)}
         state = {k: v.clone() for k, v in layer.state_dict().items()}
         for r in layer_ratios:
-            technique.prune_layer(engine, i, layer, hidden, r, nm)
-            pruned = engine.run(i, layer, hidden)
+            technique.prune_layer(step, r, nm)
+            pruned = engine.run(step.index, layer, hidden)
             err = sum(float((p - o).pow(2).sum()) for p, o in zip(pruned, dense_out))
             row[f"update_error@{r}"] = round(math.sqrt(err / max(update, 1e-30)), 5)
             layer.load_state_dict(state)
-        held_hidden = held_engine.run(i, layer, held_hidden)
-        engine.release(layer)
-        hidden = dense_out
+        held_hidden = held_engine.run(step.index, layer, held_hidden)
         rows.append(row)
-    dense_ppl = math.exp(_heldout_nll(held_engine, held_hidden, head, targets))
+    dense_ppl = math.exp(_heldout_nll(held_hidden, head, targets))
 
     # 2. whole-model curve: sequential pruning at each ratio
     curve = []
     grid = GRID if nm is None else (params["target_ratio"],)
     for r in context.progress(grid, desc="ratio sweep", total=len(grid)):
-        hidden, held_hidden = engine.inputs, held_engine.inputs
-        for i in range(engine.num_layers):
-            layer = engine.materialize(i)
-            technique.prune_layer(engine, i, layer, hidden, r, nm)
-            hidden = engine.run(i, layer, hidden)
-            held_hidden = held_engine.run(i, layer, held_hidden)
-            engine.release(layer)
-        ppl = math.exp(_heldout_nll(held_engine, held_hidden, head, targets))
+        held_hidden = held_engine.inputs
+        for step in engine.sweep():
+            technique.prune_layer(step, r, nm)
+            held_hidden = held_engine.run(step.index, step.layer, held_hidden)
+        ppl = math.exp(_heldout_nll(held_hidden, head, targets))
         curve.append({"ratio": r, "perplexity": round(ppl, 4), "increase": round(ppl / dense_ppl - 1, 4)})
     ok = [c["ratio"] for c in curve if c["increase"] <= TOLERANCE]
     report: dict[str, Any] = {

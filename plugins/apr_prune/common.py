@@ -115,6 +115,16 @@ class SparsityTally:
             self.report["nm_verified"] = self.nm_ok
 
 
+def contract_calibration(workdir) -> dict[str, str]:
+    """A tiny calibration file and options for the shared technique contract (tiny models)."""
+    import json
+
+    sample = workdir / "calibration.jsonl"
+    lines = [json.dumps({"text": f"def f{i}(x):\n    return x * {i} + {i * i}\n" * 4}) for i in range(8)]
+    sample.write_text("\n".join(lines) + "\n")
+    return {"calibration": str(sample), "calibration_samples": "4", "calibration_seq_len": "16"}
+
+
 class StructuralPruner(TransformTechnique):
     """Methods that remove whole structures (heads, channels, layers, dimensions): shapes change."""
 
@@ -124,6 +134,4 @@ class StructuralPruner(TransformTechnique):
     contract_ratio = "0.5"
 
     def contract_params(self, workdir, inputs):
-        from .calibration import contract_calibration
-
         return {"target_ratio": self.contract_ratio, **contract_calibration(workdir)}

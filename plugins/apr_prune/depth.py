@@ -16,9 +16,8 @@ import re
 from apr_core.errors import AprError
 from apr_core.model import LazyTensor, TensorSpec
 from apr_core.params import Param
-from apr_core.plugins import hookimpl
 
-from .common import CALIBRATION_PARAMS, PRUNE_KIND, StructuralPruner, ratio_param
+from .common import CALIBRATION_PARAMS, StructuralPruner, ratio_param
 
 PER_LAYER_CONFIG_LISTS = ("layer_types",)
 
@@ -44,19 +43,14 @@ def block_influence(model, params, context) -> list[float]:
     import torch
     import torch.nn.functional as F
 
-    from .layerwise import Layerwise
+    from apr_core.runtime.layerwise import Layerwise
 
-    engine = Layerwise.calibrated(model, params, context.seed)
-    hidden = engine.inputs
     scores = []
-    for i in context.progress(range(engine.num_layers), desc="block influence", total=engine.num_layers):
-        layer = engine.materialize(i)
-        out = engine.run(i, layer, hidden)
-        engine.release(layer)
+    for step in Layerwise.calibrated(model, params, context).sweep(context.progress, "block influence"):
+        out = step.forward()
         cos = torch.cat([F.cosine_similarity(a.float(), b.float(), dim=-1).reshape(-1)
-                         for a, b in zip(hidden, out)])
+                         for a, b in zip(step.inputs, out)])
         scores.append(float(1 - cos.mean()))
-        hidden = out
     return scores
 
 
@@ -101,7 +95,7 @@ class Depth(StructuralPruner):
         return {"remove_layers": "1"}
 
     def transform(self, inputs, params, context):
-        from .layerwise import layers_prefix
+        from apr_core.runtime.layerwise import layers_prefix
 
         model = inputs[0]
         n = int(model.text_config()["num_hidden_layers"])
@@ -120,9 +114,3 @@ class Depth(StructuralPruner):
         if scores is not None:
             context.report["block_influence"] = [round(s, 5) for s in scores]
         return out
-
-
-@hookimpl
-def apr_register_techniques(register):
-    register(PRUNE_KIND)
-    register(Depth())

@@ -9,9 +9,8 @@ writer asks for it.
 from __future__ import annotations
 
 from apr_core.model import LazyTensor
-from apr_core.plugins import hookimpl
 
-from .common import PRUNE_KIND, SparsityTally, parse_pattern, prune_mask
+from .common import SparsityTally, parse_pattern, prune_mask
 from .sparse import SparsePruner
 
 
@@ -21,9 +20,8 @@ class Magnitude(SparsePruner):
     paper = "Han et al. 2015 (magnitude pruning); the layer-wise baseline of Sun et al. 2023"
 
     def transform(self, inputs, params, context):
+        from apr_core.runtime.layerwise import layers_prefix
         from apr_core.spill import TensorSpill
-
-        from .layerwise import layers_prefix
 
         model = inputs[0]
         nm = parse_pattern(params["pattern"])
@@ -36,19 +34,13 @@ class Magnitude(SparsePruner):
                 continue
 
             def load(lazy=model.tensors[name]):
-                t = lazy.load().clone()
+                t = lazy.load().to(context.device, copy=True)
                 t[prune_mask(t.float().abs(), params["target_ratio"], nm, per_row=False)] = 0
                 tally.add(t)
-                return t
+                return t.cpu()
 
             out.tensors[name] = LazyTensor(spec, load)
         spill = TensorSpill()
-        out.tensors.update(self._embedding_tensors(model, params, tally, spill))
+        out.tensors.update(self._embedding_tensors(model, params, tally, spill, context.device))
         out.keepalive = (model.keepalive, spill)
         return out
-
-
-@hookimpl
-def apr_register_techniques(register):
-    register(PRUNE_KIND)
-    register(Magnitude())

@@ -18,7 +18,7 @@ from apr_core.model import LazyTensor
 from apr_core.technique import TransformTechnique
 
 from .common import (CALIBRATION_PARAMS, INCLUDE_EMBEDDINGS, PATTERN, TARGET_RATIO, SparsityTally,
-                     check_ratio_and_pattern, parse_pattern, prune_mask)
+                     check_ratio_and_pattern, contract_calibration, parse_pattern, prune_mask)
 
 EMBEDDING_SUFFIXES = ("embed_tokens.weight", "lm_head.weight")
 
@@ -33,7 +33,7 @@ class SparsePruner(TransformTechnique):
     def contract_params(self, workdir, inputs):
         return {"target_ratio": "0.5"}
 
-    def _embedding_tensors(self, model, params, tally, spill) -> dict[str, LazyTensor]:
+    def _embedding_tensors(self, model, params, tally, spill, device) -> dict[str, LazyTensor]:
         """Per-row magnitude pruning of embeddings / LM head, when asked (one tensor at a time)."""
         out: dict[str, LazyTensor] = {}
         if not params["include_embeddings"]:
@@ -41,10 +41,10 @@ class SparsePruner(TransformTechnique):
         nm = parse_pattern(params["pattern"])
         for name in model.names():
             if name.endswith(EMBEDDING_SUFFIXES):
-                w = model.tensor(name).clone()
+                w = model.tensor(name).to(device, copy=True)
                 w[prune_mask(w.float().abs(), params["target_ratio"], nm, per_row=True)] = 0
                 tally.add(w)
-                out.update(spill.put({name: w}))
+                out.update(spill.put({name: w.cpu()}))
         return out
 
 
@@ -53,10 +53,9 @@ class CalibratedPruner(SparsePruner):
 
     params = SparsePruner.params + CALIBRATION_PARAMS
     random = True  # --seed picks the calibration windows
+    actions = ("analyze",)
 
     def contract_params(self, workdir, inputs):
-        from .calibration import contract_calibration
-
         return {"target_ratio": "0.5", **contract_calibration(workdir)}
 
     @abstractmethod
@@ -77,40 +76,28 @@ class CalibratedPruner(SparsePruner):
 
         return analyze(self, inputs[0], params, context)
 
-    def prune_layer(self, engine, i: int, layer, hidden, ratio: float, nm, tally=None) -> None:
-        """Gather input statistics of ``layer``'s linears over ``hidden`` and prune them in place."""
-        from .layerwise import with_input_hooks
-
-        linears = list(engine.linears(layer))
+    def prune_layer(self, step, ratio: float, nm, tally=None) -> None:
+        """Gather input statistics of the step's linears over its inputs and prune them in place."""
+        linears = list(step.linears())
         stats = {name: self.new_stats(mod) for name, mod in linears}
-        handles = with_input_hooks(linears, lambda name, x: self.accumulate(stats[name], x))
-        try:
-            engine.run(i, layer, hidden)
-        finally:
-            for h in handles:
-                h.remove()
+        step.statistics(linears, lambda name, x: self.accumulate(stats[name], x))
         for name, mod in linears:
             self.prune_linear(mod, stats[name], ratio, nm)
             if tally is not None:
                 tally.add(mod.weight.detach())
 
     def transform(self, inputs, params, context):
+        from apr_core.runtime.layerwise import Layerwise
         from apr_core.spill import TensorSpill
-
-        from .layerwise import Layerwise
 
         model = inputs[0]
         nm = parse_pattern(params["pattern"])
-        engine = Layerwise.calibrated(model, params, context.seed)
+        engine = Layerwise.calibrated(model, params, context)
         spill = TensorSpill()
         tally = SparsityTally(nm, params["target_ratio"], model.param_count, context.report)
         out = model.derive(keepalive=(model.keepalive, spill))
-        hidden = engine.inputs
-        for i in context.progress(range(engine.num_layers), desc=self.name, total=engine.num_layers):
-            layer = engine.materialize(i)
-            self.prune_layer(engine, i, layer, hidden, params["target_ratio"], nm, tally)
-            hidden = engine.run(i, layer, hidden)
-            out.tensors.update(spill.put(engine.state(i, layer)))
-            engine.release(layer)
-        out.tensors.update(self._embedding_tensors(model, params, tally, spill))
+        for step in engine.sweep(context.progress, self.name):
+            self.prune_layer(step, params["target_ratio"], nm, tally)
+            out.tensors.update(spill.put(step.state()))
+        out.tensors.update(self._embedding_tensors(model, params, tally, spill, context.device))
         return out

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from apr_core.errors import AprError
 from apr_core.params import Param
-from apr_core.plugins import hookimpl
 
-from .common import PRUNE_KIND, prune_mask
+from .common import prune_mask
 from .sparse import CalibratedPruner
 
 
@@ -24,7 +23,7 @@ def _inverse_cholesky(h, damp: float):
     """Upper Cholesky factor of (H + damp*mean(diag H)*I)^-1, raising the damping until H is PD."""
     import torch
 
-    eye = torch.eye(h.shape[0], dtype=h.dtype)
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
     mean_diag = h.diagonal().mean()
     for attempt in range(6):
         try:
@@ -92,7 +91,9 @@ class SparseGPT(CalibratedPruner):
     def new_stats(self, linear):
         import torch
 
-        return {"h": torch.zeros(linear.in_features, linear.in_features, dtype=torch.float64), "n": 0}
+        w = linear.weight
+        return {"h": torch.zeros(linear.in_features, linear.in_features, dtype=torch.float64, device=w.device),
+                "n": 0}
 
     def accumulate(self, stats, x) -> None:
         xd = x.double()
@@ -102,9 +103,3 @@ class SparseGPT(CalibratedPruner):
     def prune_linear(self, linear, stats, ratio, nm) -> None:
         h = (stats["h"] / max(stats["n"], 1)).float()
         sparsegpt_prune_(linear.weight.data, h, ratio, nm, self._block, self._damp)
-
-
-@hookimpl
-def apr_register_techniques(register):
-    register(PRUNE_KIND)
-    register(SparseGPT())

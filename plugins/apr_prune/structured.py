@@ -20,9 +20,8 @@ import copy
 
 from apr_core.errors import AprError
 from apr_core.params import Param
-from apr_core.plugins import hookimpl
 
-from .common import CALIBRATION_PARAMS, PRUNE_KIND, StructuralPruner, ratio_param
+from .common import CALIBRATION_PARAMS, StructuralPruner, ratio_param
 
 
 def plan_sizes(cfg: dict, ratio: float, round_to: int) -> tuple[int, int]:
@@ -49,9 +48,8 @@ class Structured(StructuralPruner):
     def transform(self, inputs, params, context):
         import torch
 
+        from apr_core.runtime.layerwise import Layerwise
         from apr_core.spill import TensorSpill
-
-        from .layerwise import Layerwise, with_input_hooks
 
         model = inputs[0]
         cfg = model.text_config()
@@ -60,7 +58,7 @@ class Structured(StructuralPruner):
         drop, keep_ffn = plan_sizes(cfg, params["target_ratio"], params["round_to"])
         if drop == 0 and keep_ffn == int(cfg["intermediate_size"]):
             raise AprError(f"--target-ratio {params['target_ratio']} removes nothing at this model's granularity")
-        engine = Layerwise.calibrated(model, params, context.seed)
+        engine = Layerwise.calibrated(model, params, context)
         new_heads = heads - drop * kv
         new_cfg = copy.deepcopy(engine.skeleton.config)
         new_cfg.num_attention_heads, new_cfg.intermediate_size, new_cfg.head_dim = new_heads, keep_ffn, head_dim
@@ -69,28 +67,22 @@ class Structured(StructuralPruner):
         for name in list(out.tensors):
             if name.startswith(engine.prefix):
                 del out.tensors[name]
-        hidden = engine.inputs
-        for i in context.progress(range(engine.num_layers), desc="structured", total=engine.num_layers):
-            layer = engine.materialize(i)
+        for step in engine.sweep(context.progress, "structured"):
+            layer = step.layer
             attn, mlp = layer.self_attn, layer.mlp
-            sq = {"o": torch.zeros(attn.o_proj.in_features, dtype=torch.float64),
-                  "down": torch.zeros(mlp.down_proj.in_features, dtype=torch.float64)}
-            handles = with_input_hooks([("o", attn.o_proj), ("down", mlp.down_proj)],
-                                       lambda n, x: sq[n].add_(x.double().pow(2).sum(0)))
-            try:
-                engine.run(i, layer, hidden)
-            finally:
-                for h in handles:
-                    h.remove()
+            zeros = {"dtype": torch.float64, "device": engine.device}
+            sq = {"o": torch.zeros(attn.o_proj.in_features, **zeros),
+                  "down": torch.zeros(mlp.down_proj.in_features, **zeros)}
+            step.statistics([("o", attn.o_proj), ("down", mlp.down_proj)],
+                            lambda n, x: sq[n].add_(x.double().pow(2).sum(0)))
             col_o = (attn.o_proj.weight.abs().double() * sq["o"].sqrt()).sum(0)
             col_down = (mlp.down_proj.weight.abs().double() * sq["down"].sqrt()).sum(0)
             keep_heads = _keep_heads(col_o.view(heads, head_dim).sum(1), kv, drop)
             keep_ch = col_down.topk(keep_ffn).indices.sort().values
-            new_layer = type(layer)(new_cfg, layer_idx=i).to(engine.dtype).eval()
-            new_layer.load_state_dict(_shrink(layer.state_dict(), keep_heads, keep_ch, head_dim))
-            engine.release(layer)
-            hidden = engine.run(i, new_layer, hidden)
-            out.tensors.update(spill.put(engine.state(i, new_layer)))
+            new_layer = type(layer)(new_cfg, layer_idx=step.index).to(engine.dtype).eval()
+            new_layer.load_state_dict(_shrink(layer.state_dict(), keep_heads.cpu(), keep_ch.cpu(), head_dim))
+            step.replace(new_layer)
+            out.tensors.update(spill.put(step.state()))
         tcfg = out.config.get("text_config") or out.config
         tcfg.update(num_attention_heads=new_heads, intermediate_size=keep_ffn, head_dim=head_dim)
         context.report.update({"attention_heads": f"{heads} -> {new_heads} (kv heads {kv})",
@@ -126,9 +118,3 @@ def _shrink(state: dict, keep_heads, keep_ch, head_dim: int) -> dict:
             out[key] = out[key][keep_ch].contiguous()
     out["mlp.down_proj.weight"] = out["mlp.down_proj.weight"][:, keep_ch].contiguous()
     return out
-
-
-@hookimpl
-def apr_register_techniques(register):
-    register(PRUNE_KIND)
-    register(Structured())

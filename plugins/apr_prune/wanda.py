@@ -7,9 +7,8 @@ is removed (or the M-N lowest of every M inputs for N:M). No weight update.
 
 from __future__ import annotations
 
-from apr_core.plugins import hookimpl
 
-from .common import PRUNE_KIND, prune_mask
+from .common import prune_mask
 from .sparse import CalibratedPruner
 
 
@@ -21,7 +20,7 @@ class Wanda(CalibratedPruner):
     def new_stats(self, linear):
         import torch
 
-        return torch.zeros(linear.in_features, dtype=torch.float64)
+        return torch.zeros(linear.in_features, dtype=torch.float64, device=linear.weight.device)
 
     def accumulate(self, stats, x) -> None:
         stats += x.double().pow(2).sum(0)
@@ -30,9 +29,3 @@ class Wanda(CalibratedPruner):
         w = linear.weight.data
         scores = w.abs() * stats.sqrt().to(w.dtype)[None, :]
         w[prune_mask(scores, ratio, nm, per_row=True)] = 0
-
-
-@hookimpl
-def apr_register_techniques(register):
-    register(PRUNE_KIND)
-    register(Wanda())

@@ -27,9 +27,8 @@ import math
 from apr_core.errors import AprError
 from apr_core.model import LazyTensor, TensorSpec
 from apr_core.params import Param
-from apr_core.plugins import hookimpl
 
-from .common import CALIBRATION_PARAMS, PRUNE_KIND, StructuralPruner, ratio_param
+from .common import CALIBRATION_PARAMS, StructuralPruner, ratio_param
 
 # role of each per-layer tensor: which norm folds into it (readers) or that it writes the stream (writers)
 READERS = {"self_attn.q_proj.weight": "input_layernorm", "self_attn.k_proj.weight": "input_layernorm",
@@ -45,25 +44,21 @@ def stream_covariance(model, params, context):
     """Sum of h h^T over calibration tokens at every layer input and the final hidden state."""
     import torch
 
-    from .layerwise import Layerwise
+    from apr_core.runtime.layerwise import Layerwise
 
-    engine = Layerwise.calibrated(model, params, context.seed)
+    engine = Layerwise.calibrated(model, params, context)
     d = int(model.text_config()["hidden_size"])
-    cov = torch.zeros(d, d, dtype=torch.float64)
+    cov = torch.zeros(d, d, dtype=torch.float64, device=engine.device)
 
     def add(states):
         for h in states:
             x = h.reshape(-1, d).double()
             cov.add_(x.T @ x)
 
-    hidden = engine.inputs
-    for i in context.progress(range(engine.num_layers), desc="width statistics", total=engine.num_layers):
-        add(hidden)
-        layer = engine.materialize(i)
-        hidden = engine.run(i, layer, hidden)
-        engine.release(layer)
-    add(hidden)
-    return cov
+    for step in engine.sweep(context.progress, "width statistics"):
+        add(step.inputs)
+    add(engine.final)
+    return cov.cpu()
 
 
 class Width(StructuralPruner):
@@ -139,7 +134,7 @@ def rotate(model, basis):
     columns) and keep d' directions; norms become the uniform sqrt(d / d') rescaling."""
     import torch
 
-    from .layerwise import layers_prefix
+    from apr_core.runtime.layerwise import layers_prefix
 
     d, keep = basis.shape
     scale = math.sqrt(d / keep)
@@ -177,7 +172,7 @@ def rotate(model, basis):
 
 def select_channels(model, channels):
     """Keep residual channels ``channels`` (sorted indices) everywhere; norms rescaled; ties kept."""
-    from .layerwise import layers_prefix
+    from apr_core.runtime.layerwise import layers_prefix
 
     keep = int(channels.numel())
     scale = math.sqrt(int(model.text_config()["hidden_size"]) / keep)
@@ -197,9 +192,3 @@ def select_channels(model, channels):
         return None
 
     return _rebuild(model, keep, layers_prefix(model.config), make)
-
-
-@hookimpl
-def apr_register_techniques(register):
-    register(PRUNE_KIND)
-    register(Width())

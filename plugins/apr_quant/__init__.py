@@ -1,1 +1,2 @@
-"""apr quantize: one scheme per module (fp16, bf16, int8, int8-channel, int4, q8_0, q4k, q6k, nf4)."""
+"""apr quantize: the schemes of `apr_quant.schemes` (fp16, bf16, int8, int8-channel, int4, nf4, q8_0, q6k,
+q4k), one table row each, streamed tensor by tensor."""

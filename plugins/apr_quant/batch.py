@@ -14,9 +14,8 @@ from typing import Any
 
 def _perplexity(source: str, options: dict[str, Any], context) -> float:
     from apr_core import pipeline
-    from apr_core.technique import RunContext
 
-    quiet = RunContext(seed=context.seed, device=context.device, quiet=True)
+    quiet = context.quieter()
     result = pipeline.evaluate("perplexity", pipeline.load(source, verify=False),
                                {"dataset": options["eval_dataset"], "max_tokens": options["eval_tokens"],
                                 "seq_len": options["eval_seq_len"]}, quiet)
@@ -29,11 +28,9 @@ def compare(source: str, rows: list[dict[str, Any]], options: dict[str, Any], co
 
     from apr_core import pipeline
 
-    from .common import bits_per_weight
-
     base = pipeline.load(source, verify=False)
     report: dict[str, Any] = {"input_bytes": base.nbytes,
-                              "input_bits_per_weight": round(bits_per_weight(base), 3)}
+                              "input_bits_per_weight": round(base.bits_per_weight, 3)}
     evaluate = options["eval_tokens"] > 0
     if evaluate:
         context.log(f"perplexity of the input on {options['eval_dataset']} ({options['eval_tokens']} tokens)")
@@ -42,7 +39,7 @@ def compare(source: str, rows: list[dict[str, Any]], options: dict[str, Any], co
         report["eval_dataset"] = options["eval_dataset"]
     for row in rows:
         out = pipeline.load(row["output"], verify=False)
-        row["bits_per_weight"] = round(bits_per_weight(out), 3)
+        row["bits_per_weight"] = round(out.bits_per_weight, 3)
         row["size_ratio"] = round(row["bytes"] / Path(source).stat().st_size, 4) if Path(source).is_file() else None
         if evaluate:
             ppl = _perplexity(row["output"], options, context)

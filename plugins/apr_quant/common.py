@@ -1,9 +1,10 @@
 """What every quantization scheme shares: the command family, the requantize guard, --plan.
 
-A scheme is a `Recipe` (apr_core.quant.policy): the dtype its weights get and
-which tensors stay in higher precision. `QuantScheme.transform` is lazy: the
-writer quantizes one tensor at a time. ``apr quantize --batch`` compares
-schemes through `QuantScheme.compare` (apr_quant.batch).
+A scheme is a row of `apr_quant.schemes` whose `Recipe` (apr_core.quant.policy)
+says the dtype its weights get and which tensors stay in higher precision.
+`QuantScheme.transform` is lazy: the writer quantizes one tensor at a time.
+``apr quantize --batch`` compares schemes through `QuantScheme.compare`
+(apr_quant.batch).
 """
 
 from __future__ import annotations
@@ -41,17 +42,20 @@ def group_of(name: str, shape: tuple[int, ...]) -> str:
     return "other"
 
 
-def bits_per_weight(model) -> float:
-    params = model.param_count
-    return 8 * model.nbytes / params if params else 0.0
-
-
 class QuantScheme(TransformTechnique):
-    """Base of the schemes: subclasses set ``name``, ``summary``, ``paper`` and ``recipe``."""
+    """One quantization scheme, built from its row of `apr_quant.schemes`."""
 
     kind = "quantize"
-    recipe: Recipe
     changes_dtypes = True
+
+    def __init__(self, row) -> None:
+        self.name, self.summary, self.paper = row.name, row.summary, row.paper
+        self.recipe: Recipe = row.recipe
+        self._requires = row.requires
+
+    def check(self, params):
+        if self._requires is not None:
+            self._requires()
 
     def targets(self, model) -> dict[str, str]:
         from apr_core.quant.policy import plan
@@ -73,11 +77,11 @@ class QuantScheme(TransformTechnique):
         model = inputs[0]
         targets = self.targets(model)
         self.check_requantize(model, targets, params["allow_requantize"])
-        out = convert(model, targets)
+        out = convert(model, targets, context.device)
         if self.recipe.convention == "cast":
             out.config["torch_dtype"] = {"F16": "float16", "BF16": "bfloat16"}[self.recipe.main]
             out.config.pop("dtype", None)
-        context.report.update(_summary(model, out, self.recipe))
+        context.report.update(summary(model, out, self.recipe))
         return out
 
     def compare(self, source, rows, options, context) -> dict[str, Any]:
@@ -115,14 +119,15 @@ class QuantScheme(TransformTechnique):
         largest = max((s.numel for s in (model.spec(n) for n in model.names())), default=0)
         largest_out = max((out.spec(n).nbytes for n in out.names()), default=0)
         report = {"technique": f"quantize {self.name}", "input": model.source,
-                  **_summary(model, out, self.recipe),
+                  **summary(model, out, self.recipe),
                   # one tensor's float32 copy and its output, plus the codec's per-chunk temporaries
                   "peak_memory_bytes": 4 * largest + largest_out + 24 * 4 * min(largest, CHUNK_ELEMENTS),
                   "groups": rows}
         return report
 
 
-def _summary(model, out, recipe: Recipe) -> dict[str, Any]:
+def summary(model, out, recipe: Recipe) -> dict[str, Any]:
+    """What the run reports: sizes, compression, bits per weight, dtypes and fallbacks."""
     from apr_core.quant.policy import fallbacks
 
     missed = fallbacks(recipe, [model.spec(n) for n in model.names()], model.text_config())
@@ -130,7 +135,7 @@ def _summary(model, out, recipe: Recipe) -> dict[str, Any]:
         "input_bytes": model.nbytes,
         "output_bytes": out.nbytes,
         "compression": round(model.nbytes / out.nbytes, 3) if out.nbytes else None,
-        "bits_per_weight": round(bits_per_weight(out), 3),
+        "bits_per_weight": round(out.bits_per_weight, 3),
         "dtypes": out.dtype_counts(),
         "fallbacks": _count(f"{missed[n]} -> {out.spec(n).dtype}" for n in missed),
     }

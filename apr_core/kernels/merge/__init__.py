@@ -7,8 +7,8 @@ vector with probability ``p`` and scales the survivors by 1/(1-p) (Yu et al.
 same mask as in one piece, and CPU (reference) and GPU (Triton) drop the same
 entries. ``ties_combine(deltas, thresholds, weights, normalize)`` is TIES'
 trim / elect sign / disjoint mean over stacked task vectors (Yadav et al.
-2023). ``magnitude_threshold(delta, density)`` gives the trim threshold
-(``kth_largest_magnitude`` the same from chunks, in one chunk of memory).
+2023). ``kth_largest_magnitude(chunks, n, density)`` gives the trim threshold
+from a tensor's chunks, in one chunk of memory.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from ...errors import AprError
 from .. import use_triton
 from . import reference
-from .reference import drop_threshold, kth_largest_magnitude, magnitude_threshold, rescale  # noqa: F401
+from .reference import drop_threshold, kth_largest_magnitude, rescale  # noqa: F401
 
 MAX_SEED = (1 << 63) - 1
 

@@ -84,12 +84,6 @@ def dare_(delta, p: float, seed: int, offset: int = 0):
     return delta
 
 
-def magnitude_threshold(delta, density: float) -> float:
-    """The k-th largest |delta| with k = max(1, round(density * n)): TIES keeps |delta| >= it."""
-    flat = delta.reshape(-1)
-    return kth_largest_magnitude(lambda: iter((flat,)), flat.numel(), density)
-
-
 def kth_largest_magnitude(chunks, n: int, density: float) -> float:
     """Exact k-th largest |x| over the float tensors ``chunks()`` yields (``n`` elements in all).
 
@@ -97,12 +91,14 @@ def kth_largest_magnitude(chunks, n: int, density: float) -> float:
     non-negative floats: count the upper 16 bits, find the bucket holding the k-th largest,
     then count the lower 16 bits inside it. Memory is one chunk, whatever ``n`` is, so a
     tensor's task vector never has to exist in full. ``chunks`` is called twice.
+
+    k = max(1, floor(density * n)), mergekit's count; TIES keeps every |x| >= the result.
     """
     import torch
 
     if n == 0:
         return math.inf
-    k = min(n, max(1, round(density * n)))
+    k = min(n, max(1, math.floor(density * n)))
     if k == n:
         return 0.0
 

@@ -1,11 +1,11 @@
-"""Sparsity masks: N:M selection, row-wise top-k and row-threshold pruning.
+"""Sparsity masks: N:M selection and row-wise lowest-k.
 
 ``nm_mask(scores, n, m)`` keeps the ``n`` highest-scoring of each ``m``
 consecutive elements along the last dimension (ties go to the lower index,
 so results are deterministic). ``row_prune_mask(scores, k)`` marks the ``k``
-lowest non-negative scores of every row (ties: lower column first).
-``prune_below_(weight, scores, thresholds)`` zeroes, in place, every weight
-whose score is below its row's threshold.
+lowest non-negative scores of every row (ties: lower column first). Every
+magnitude, Wanda and SparseGPT mask goes through these two
+(`apr_prune.common.prune_mask`), so CUDA runs use the Triton kernels.
 """
 
 from __future__ import annotations
@@ -44,13 +44,3 @@ def row_prune_mask(scores, k: int):
         return tri.row_prune_mask(scores, k)
     return reference.row_prune_mask(scores, k)
 
-
-def prune_below_(weight, scores, thresholds):
-    """Zero ``weight[i, j]`` where ``scores[i, j] < thresholds[i]``; returns ``weight``."""
-    if weight.shape != scores.shape or weight.dim() != 2 or thresholds.shape != (weight.shape[0],):
-        raise AprError("prune_below_ needs weight and scores of one 2-D shape and one threshold per row")
-    if use_triton(weight, scores, thresholds) and weight.is_contiguous() and scores.is_contiguous():
-        from . import triton as tri
-
-        return tri.prune_below_(weight, scores, thresholds)
-    return reference.prune_below_(weight, scores, thresholds)

@@ -13,11 +13,6 @@ def nm_mask(scores, n: int, m: int):
     return mask.reshape(rows, cols)
 
 
-def prune_below_(weight, scores, thresholds):
-    weight.masked_fill_(scores < thresholds[:, None].to(scores.dtype), 0)
-    return weight
-
-
 def row_prune_mask(scores, k: int):
     rows, cols = scores.shape
     mask = scores.new_zeros(scores.shape, dtype=bool)

@@ -25,20 +25,6 @@ def _nm_mask_kernel(s_ptr, out_ptr, n_groups, N: tl.constexpr, M: tl.constexpr, 
 
 
 @triton.jit
-def _prune_below_kernel(w_ptr, s_ptr, t_ptr, n_cols, BLOCK: tl.constexpr):
-    """w[r, c] = 0 where s[r, c] < t[r]; one program per (row, column block)."""
-    row = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    inside = cols < n_cols
-    offs = row * n_cols + cols
-    s = tl.load(s_ptr + offs, mask=inside, other=0.0)
-    t = tl.load(t_ptr + row)
-    w = tl.load(w_ptr + offs, mask=inside, other=0.0)
-    w = tl.where(s < t.to(s.dtype), tl.zeros_like(w), w)
-    tl.store(w_ptr + offs, w, mask=inside)
-
-
-@triton.jit
 def _row_prune_kernel(s_ptr, out_ptr, n_cols, k, BLOCK: tl.constexpr):
     """prune[r, c] for the k lowest scores of row r (scores >= 0; ties: lower column first).
 
@@ -99,9 +85,3 @@ def nm_mask(scores, n: int, m: int):
     _nm_mask_kernel[(triton.cdiv(n_groups, block),)](s, out, n_groups, N=n, M=m, BLOCK=block)
     return out.bool()
 
-
-def prune_below_(weight, scores, thresholds):
-    rows, cols = weight.shape
-    block = 1024
-    _prune_below_kernel[(rows, triton.cdiv(cols, block))](weight, scores, thresholds.contiguous(), cols, BLOCK=block)
-    return weight

@@ -57,7 +57,15 @@ GENERATION_PARAMS = (
     Param("limit", "int", None, "Evaluate only the first N problems", min=1),
     Param("results", "path", None, "Samples jsonl (default runs/eval/<task>-<settings hash>.jsonl)"),
     Param("resume", "bool", True, "Keep finished samples of an identical earlier run (--no-resume)"),
-    Param("dtype", "choice", "float32", "Compute dtype", choices=("float32", "bfloat16", "float16")),
+)
+
+# Two MBPP-layout problems for the contract suite (`contract_params`), written to its workdir.
+MBPP_CONTRACT_PROBLEMS = (
+    {"task_id": 1, "text": "Write a function to add two numbers.", "code": "def add(a, b):\n    return a + b",
+     "test_list": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"], "test_setup_code": "",
+     "challenge_test_list": []},
+    {"task_id": 2, "text": "Write a function to double a number.", "code": "def double(x):\n    return 2 * x",
+     "test_list": ["assert double(2) == 4"], "test_setup_code": "", "challenge_test_list": []},
 )
 
 
@@ -66,6 +74,8 @@ class CodeTask(EvaluateTechnique):
 
     data_param = Param("data", "path", None, "Problems jsonl(.gz), HumanEval or MBPP layout")
     paper = "Chen et al. 2021 (HumanEval, unbiased pass@k)"
+    #: problems (jsonl records of the task's layout) the contract suite evaluates on
+    contract_problems: tuple[dict[str, Any], ...] = MBPP_CONTRACT_PROBLEMS
 
     @property
     def params(self):  # type: ignore[override]
@@ -90,7 +100,9 @@ class CodeTask(EvaluateTechnique):
             raise AprError(f"no such exemplars file: {params['exemplars']}")
 
     def contract_params(self, workdir, inputs):
-        return {"data": str(Path(__file__).resolve().parents[3] / "tests" / "data" / "mbpp-mini.jsonl"),
+        data = Path(workdir) / "contract-problems.jsonl"
+        data.write_text("".join(json.dumps(p) + "\n" for p in self.contract_problems))
+        return {"data": str(data),
                 # the sandbox when this machine has one; the 8-token outputs of a random tiny model
                 # may run unisolated where it has none, so the contract holds on any CI machine
                 "allow_code_execution": True, "unsafe_no_isolation": True, "max_tokens": "8", "limit": "2",
@@ -108,7 +120,8 @@ class CodeTask(EvaluateTechnique):
         exemplars = load_problems(params["exemplars"]) if params["exemplars"] else []
         options = PromptOptions(test_assertions=params["test_assertions"], exemplars=exemplars)
         chat = params["chat"] if params["chat"] is not None else bool(model.chat_template)
-        header = self._header(model, params, source, chat, context.seed)
+        dtype = context.compute_dtype()
+        header = self._header(model, params, source, chat, context.seed, dtype)
         results_path = params["results"] or os.path.join(
             "runs", "eval", f"{self.name}-{hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:12]}.jsonl")
         store = SampleStore(results_path, header, resume=params["resume"])
@@ -123,28 +136,28 @@ class CodeTask(EvaluateTechnique):
         try:
             if pending:
                 gen_tokens, gen_seconds, exec_seconds = self._run(
-                    model, params, context, pending, strategy, options, chat, store, sandbox)
+                    model, params, context, pending, strategy, options, chat, store, sandbox, dtype)
             mode = sandbox.mode
         finally:
             sandbox.close()
         return self._score(problems, params, store, results_path, strategy.name, chat, mode,
                            gen_tokens, gen_seconds, exec_seconds)
 
-    def _header(self, model, params, source, chat, seed) -> dict[str, Any]:
-        keys = ("prompt_strategy", "test_assertions", "temperature", "top_p", "max_tokens", "dtype")
+    def _header(self, model, params, source, chat, seed, dtype) -> dict[str, Any]:
+        keys = ("prompt_strategy", "test_assertions", "temperature", "top_p", "max_tokens")
         header = {k: params[k] for k in keys}
-        header.update(task=self.name, data_sha256=file_sha256(source), chat=chat, seed=seed,
+        header.update(task=self.name, dtype=dtype, data_sha256=file_sha256(source), chat=chat, seed=seed,
                       model=model.fingerprint() or model.source,
                       exemplars_sha256=file_sha256(params["exemplars"]) if params["exemplars"] else None)
         return header
 
-    def _run(self, model, params, context, pending, strategy, options, chat, store, sandbox):
+    def _run(self, model, params, context, pending, strategy, options, chat, store, sandbox, dtype):
         from apr_core.torch_bridge import load_tokenizer, to_transformers
 
         from .generation import batch_seed, generate_batch
 
         tokenizer = load_tokenizer(model)
-        module = to_transformers(model, dtype=params["dtype"], device=context.device)
+        module = to_transformers(model, dtype=dtype, device=context.device)
         gen_tokens, gen_seconds, exec_seconds = 0, 0.0, 0.0
         prompts = {p.task_id: strategy.build(p, chat, options) for p, _ in pending}
         size = params["batch_size"]

@@ -7,7 +7,6 @@ examples, and implements against them. The playbook measured it slightly below s
 (-1.83pp on a 7B model).
 """
 
-from apr_core.plugins import hookimpl
 
 from .reasoning import ReasoningStrategy
 
@@ -20,8 +19,3 @@ class ChainOfGroundedObjectives(ReasoningStrategy):
              "in the description and its examples: what it receives, what it must return, and each "
              "condition or edge case it has to handle.")
     heading = "Objectives:\n-"
-
-
-@hookimpl
-def apr_register_techniques(register):
-    register(ChainOfGroundedObjectives())

@@ -7,7 +7,6 @@ models see each exemplar as a previous user/assistant turn; base models see them
 in the benchmark's own format.
 """
 
-from apr_core.plugins import hookimpl
 
 from ..code.problems import Problem
 from .base import CODE_FENCE, FENCE_STOPS, Prompt, PromptOptions, PromptStrategy, describe_task, mbpp_base_text
@@ -59,8 +58,3 @@ class FewShot(PromptStrategy):
         assert "return a + b" in self.build(p, False, PromptOptions()).text, "few-shot: exemplar missing"
         assert describe_task(p, PromptOptions()) in self.build(p, True, PromptOptions()).messages[0]["content"]
         return out
-
-
-@hookimpl
-def apr_register_techniques(register):
-    register(FewShot())

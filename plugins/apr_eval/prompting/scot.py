@@ -6,7 +6,6 @@ branch and loop — after stating the input and output, and the code follows the
 playbook found it hurts models of 7B and below (-3.05pp).
 """
 
-from apr_core.plugins import hookimpl
 
 from .reasoning import ReasoningStrategy
 
@@ -18,8 +17,3 @@ class StructuredChainOfThought(ReasoningStrategy):
     steps = ("First, write a structured plan in pseudo-code: state the input and the output, then "
              "the steps using only sequence, branch (if/else) and loop (for/while) structures.")
     heading = "Input:"
-
-
-@hookimpl
-def apr_register_techniques(register):
-    register(StructuredChainOfThought())

@@ -4,7 +4,6 @@ Chat models get the task and an opened ```python fence to complete; base models 
 HumanEval prompt, or get the MBPP paper's prompt (task, test assertions, ``[BEGIN]``).
 """
 
-from apr_core.plugins import hookimpl
 
 from .base import PromptStrategy
 
@@ -13,8 +12,3 @@ class Standard(PromptStrategy):
     name = "standard"
     summary = "the task alone; chat models complete an opened code fence"
     paper = "Chen et al. 2021 (HumanEval); Austin et al. 2021 (MBPP prompt format)"
-
-
-@hookimpl
-def apr_register_techniques(register):
-    register(Standard())

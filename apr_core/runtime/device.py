@@ -1,0 +1,75 @@
+"""Which device and compute precision a run uses: ``--device`` / ``APR_DEVICE`` and ``--dtype``.
+
+``auto`` means CUDA when torch sees a GPU, else the CPU; ``cuda`` and ``cuda:N`` are refused
+with one line on a machine without one (never a silent CPU run). The compute dtype ``auto``
+is bfloat16 on GPUs that support it and float32 elsewhere. Resolving ``cpu`` does not import
+torch, so commands stay fast to start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from ..errors import AprError
+
+ENV = "APR_DEVICE"
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+DTYPES = {"auto": "auto", "float32": "float32", "fp32": "float32", "f32": "float32",
+          "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
+          "f16": "float16", "half": "float16"}
+
+
+def requested_device(spec: str | None = None) -> str:
+    """The device the user asked for (option, else ``APR_DEVICE``, else ``auto``), validated."""
+    raw = spec if spec is not None else os.environ.get(ENV) or "auto"
+    value = raw.strip().lower()
+    if not _DEVICE.fullmatch(value):
+        source = "--device" if spec is not None else ENV
+        raise AprError(f"{source} {raw!r} is not one of auto, cpu, cuda, cuda:N")
+    return value
+
+
+def resolve_device(spec: str | None = None) -> str:
+    """A torch device string (``cpu`` or ``cuda:N``) for ``spec``; CUDA requests need a GPU."""
+    value = requested_device(spec)
+    if value == "cpu":
+        return "cpu"
+    import torch
+
+    if value == "auto":
+        return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        build = "a CPU-only build of torch" if torch.version.cuda is None else "no visible GPU"
+        raise AprError(f"--device {value}: CUDA is not available here ({build}); use --device cpu or auto")
+    index = int(value.partition(":")[2] or torch.cuda.current_device())
+    if index >= torch.cuda.device_count():
+        raise AprError(f"--device {value}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return f"cuda:{index}"
+
+
+def canonical_dtype(name: str) -> str:
+    """``bf16`` -> ``bfloat16`` ...; one line naming the choices for anything else."""
+    value = DTYPES.get(str(name).strip().lower())
+    if value is None:
+        raise AprError(f"--dtype {name!r} is not one of auto, float32, bfloat16, float16")
+    return value
+
+
+def resolve_dtype(name: str, device: str) -> str:
+    """The torch dtype name to compute in on ``device``: ``auto`` is bfloat16 on a GPU that
+    supports it and float32 otherwise; explicit names are honoured."""
+    value = canonical_dtype(name)
+    if value != "auto":
+        return value
+    if device.startswith("cuda"):
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "float32"
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, canonical_dtype(name) if name != "auto" else "float32")

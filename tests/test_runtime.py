@@ -1,0 +1,222 @@
+"""The shared runtime: devices, one pipeline entry point, token windows, the chunked loss, the
+layer sweep and atomic checkpoints."""
+
+import json
+
+import pytest
+import torch
+
+from apr_core import pipeline
+from apr_core.errors import AprError
+from apr_core.runtime import checkpoint
+from apr_core.runtime.device import canonical_dtype, requested_device, resolve_device, resolve_dtype
+from apr_core.technique import RunContext
+from apr_core.testing import tiny_model, write_tiny
+from helpers import one_error_line, run_apr
+
+NO_CUDA = not torch.cuda.is_available()
+
+
+# --------------------------------------------------------------------------- devices
+
+def test_device_names_are_validated_and_resolved(monkeypatch):
+    assert resolve_device("cpu") == "cpu"
+    for bad in ("gpu", "cuda:x", "tpu", ""):
+        with pytest.raises(AprError, match="--device"):
+            requested_device(bad)
+    monkeypatch.setenv("APR_DEVICE", "metal")
+    with pytest.raises(AprError, match="APR_DEVICE"):
+        resolve_device(None)
+    monkeypatch.setenv("APR_DEVICE", "cpu")
+    assert resolve_device(None) == "cpu"
+    monkeypatch.delenv("APR_DEVICE")
+    assert resolve_device("auto") == ("cpu" if NO_CUDA else f"cuda:{torch.cuda.current_device()}")
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="checks the refusal on a machine without CUDA")
+def test_cuda_without_a_gpu_is_one_line_exit_2(llama_apr, tmp_path):
+    with pytest.raises(AprError, match="CUDA is not available"):
+        resolve_device("cuda:0")
+    for args in (["eval", llama_apr, "--dataset", "code", "--device", "cuda"],
+                 ["--device", "cuda", "quantize", llama_apr, "--scheme", "int8", "-o", str(tmp_path / "q.apr")],
+                 ["merge", llama_apr, llama_apr, "--strategy", "average", "--device", "cuda:1",
+                  "-o", str(tmp_path / "m.apr")]):
+        assert "CUDA is not available" in one_error_line(run_apr(*args))
+    assert "CUDA" in one_error_line(run_apr("eval", llama_apr, env={"APR_DEVICE": "cuda"}))
+    assert not list(tmp_path.iterdir())
+
+
+def test_dtypes(monkeypatch):
+    assert canonical_dtype("bf16") == "bfloat16" and canonical_dtype("FP32") == "float32"
+    with pytest.raises(AprError, match="--dtype"):
+        canonical_dtype("int3")
+    assert resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_dtype("float16", "cpu") == "float16"
+    assert RunContext(dtype="bf16").compute_dtype() == "bfloat16"
+
+
+def test_device_and_dtype_options_reach_the_technique(llama_apr, tmp_path):
+    sample = tmp_path / "t.txt"
+    sample.write_text("def f(x):\n    return x + 1\n" * 30)
+    for args in (["eval", llama_apr, "--device", "cpu", "--dtype", "bfloat16"],
+                 ["--device", "cpu", "--dtype", "bf16", "eval", llama_apr],
+                 ["--dtype", "float32", "eval", llama_apr, "--dtype", "bfloat16", "--device", "auto"]):
+        proc = run_apr(*args, "--dataset", str(sample), "--seq-len", "16", "--json", check=True)
+        result = json.loads(proc.stdout)
+        assert result["dtype"] == "bfloat16" and result["device"] == ("cpu" if NO_CUDA else result["device"])
+
+
+# --------------------------------------------------------------------------- pipeline.run
+
+def test_pipeline_run_drives_merge_prune_quantize_and_eval_without_click(tmp_path):
+    a, b = write_tiny(tmp_path / "a.apr", seed=1), write_tiny(tmp_path / "b.apr", seed=2)
+    ctx = RunContext(quiet=True)
+    merged = pipeline.run("merge", "slerp", [a, b], {"weights": "0.85,0.15"}, str(tmp_path / "m.apr"), context=ctx)
+    assert merged["technique"] == "slerp" and merged["format"] == "apr" and merged["params"]["weights"] == [0.85, 0.15]
+    pruned = pipeline.run("prune", None, [merged["output"]], {"target_ratio": 0.5, "calibration_samples": 4,
+                                                              "calibration_seq_len": 16},
+                          str(tmp_path / "p.apr"), context=RunContext(quiet=True))
+    assert pruned["technique"] == "wanda"  # the kind's default
+    assert abs(pruned["report"]["achieved_sparsity"] - 0.5) < 1e-3
+    quant = pipeline.run("quantize", "int8", [pruned["output"]], {}, str(tmp_path / "q.apr"), "apr",
+                         RunContext(quiet=True))
+    model = pipeline.load(quant["output"])
+    assert [r["operation"] for r in model.provenance[-3:]] == ["merge", "prune", "quantize"]
+    sample = tmp_path / "t.txt"
+    sample.write_text("def f(x):\n    return x + 1\n" * 30)
+    result = pipeline.run("evaluate", "perplexity", [quant["output"]],
+                          {"dataset": str(sample), "seq_len": 16, "threshold": 1e9}, context=RunContext(quiet=True))
+    assert result["metric"] == "perplexity" and result["passed"] is True
+    failed = pipeline.run("evaluate", None, [quant["output"]], {"dataset": str(sample), "seq_len": 16,
+                                                                "threshold": 1.0}, context=RunContext(quiet=True))
+    assert failed["passed"] is False
+
+
+def test_pipeline_run_validates_before_loading(tmp_path):
+    a = write_tiny(tmp_path / "a.apr")
+    missing = str(tmp_path / "nope.apr")
+    with pytest.raises(AprError, match="takes 2 model"):
+        pipeline.run("merge", "slerp", [a], {}, str(tmp_path / "o.apr"))
+    with pytest.raises(AprError, match="does not apply"):
+        pipeline.run("merge", "slerp", [missing, missing], {"drop_rate": 0.3}, str(tmp_path / "o.apr"))
+    with pytest.raises(AprError, match="unknown merge technique"):
+        pipeline.run("merge", "soup", [a, a], {}, str(tmp_path / "o.apr"))
+    with pytest.raises(AprError, match="needs --strategy"):
+        pipeline.run("merge", None, [a, a], {}, str(tmp_path / "o.apr"))
+    with pytest.raises(AprError, match="needs -o"):
+        pipeline.run("quantize", "int8", [a], {})
+    with pytest.raises(AprError, match="no --analyze"):
+        pipeline.action("prune", "magnitude", "analyze", [a], {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.apr"]
+
+
+# --------------------------------------------------------------------------- tokens and loss
+
+def test_windows():
+    from apr_core.runtime.tokens import consecutive_windows, random_windows
+
+    ids = list(range(10))
+    assert consecutive_windows(ids, 4).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert consecutive_windows(ids, 20).tolist() == [ids]
+    a, b = random_windows(ids, 5, 3, seed=1), random_windows(ids, 5, 3, seed=1)
+    assert torch.equal(a, b) and a.shape == (5, 3)
+    assert all(row[1] == row[0] + 1 for row in a.tolist())
+    with pytest.raises(AprError, match="only 10 tokens"):
+        random_windows(ids, 2, 10, seed=0)
+
+
+def test_chunked_loss_equals_the_full_cross_entropy():
+    from apr_core.runtime.loss import next_token_loss
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 37, 8, generator=g)
+    head = torch.nn.Linear(8, 50, bias=False)
+    ids = torch.randint(0, 50, (2, 37), generator=g)
+    full = torch.nn.functional.cross_entropy(head(hidden[:, :-1]).reshape(-1, 50), ids[:, 1:].reshape(-1),
+                                             reduction="sum")
+    for chunk in (1, 5, 36, 1000):
+        total, count = next_token_loss(hidden, head, ids, chunk=chunk)
+        assert count == 72
+        torch.testing.assert_close(total, full.float(), rtol=1e-5, atol=1e-4)
+    mask = torch.zeros(2, 37, dtype=torch.bool)
+    mask[:, 20:] = True
+    total, count = next_token_loss(hidden, head, ids, mask=mask, chunk=7)
+    part = torch.nn.functional.cross_entropy(head(hidden[:, 19:-1]).reshape(-1, 50), ids[:, 20:].reshape(-1),
+                                             reduction="sum")
+    assert count == 34
+    torch.testing.assert_close(total, part, rtol=1e-5, atol=1e-4)
+    capped, _ = next_token_loss(hidden, head, ids, softcap=0.5, chunk=10)
+    logits = torch.tanh(head(hidden[:, :-1]) / 0.5) * 0.5
+    expect = torch.nn.functional.cross_entropy(logits.reshape(-1, 50), ids[:, 1:].reshape(-1), reduction="sum")
+    torch.testing.assert_close(capped, expect, rtol=1e-5, atol=1e-4)
+    hidden.requires_grad_(True)
+    loss, _ = next_token_loss(hidden, head, ids, chunk=9)
+    loss.backward()
+    assert hidden.grad is not None and hidden.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- the layer sweep
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_sweep_reproduces_the_full_forward(arch):
+    from apr_core.runtime.layerwise import Layerwise
+    from apr_core.torch_bridge import to_transformers
+
+    model = tiny_model(arch, seed=3)
+    windows = torch.randint(0, 300, (3, 12), generator=torch.Generator().manual_seed(1))
+    engine = Layerwise(model, windows, batch_size=2)
+    seen = []
+    for step in engine.sweep():
+        seen.append(step.index)
+        assert step.layer.self_attn.q_proj.weight.device.type == "cpu"
+    assert seen == list(range(engine.num_layers))
+    module = to_transformers(model)
+    with torch.inference_mode():  # the decoder's output is the last layer's output, normed
+        normed = module.get_decoder().norm(torch.cat(engine.final))
+        full = module.get_decoder()(input_ids=windows).last_hidden_state
+    torch.testing.assert_close(normed, full, rtol=1e-4, atol=1e-5)
+
+
+def test_sweep_replace_and_kept_outputs():
+    from apr_core.runtime.layerwise import Layerwise
+
+    class PassThrough(torch.nn.Module):
+        def forward(self, hidden, **kwargs):
+            return hidden
+
+    model = tiny_model("llama", seed=4)
+    windows = torch.randint(0, 300, (2, 8), generator=torch.Generator().manual_seed(2))
+    engine = Layerwise(model, windows, batch_size=2)
+    for step in engine.sweep():
+        if step.index == 0:
+            kept = step.forward()
+            step.replace(PassThrough())  # the layer becomes a no-op: its inputs pass through
+            assert step.outputs is None
+        if step.index == 1:
+            assert torch.equal(torch.cat(step.inputs), torch.cat(engine.inputs))  # layer 0 was skipped
+            assert not torch.equal(torch.cat(step.inputs), torch.cat(kept))
+    skipped = engine.final
+    dense = list(engine.sweep())  # a fresh sweep: nothing of the replacement persists
+    assert len(dense) == engine.num_layers
+    assert not torch.allclose(torch.cat(skipped), torch.cat(engine.final))
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def test_checkpoints_are_atomic_and_found(tmp_path):
+    assert checkpoint.latest(tmp_path) is None
+    for step in (10, 20):
+        with checkpoint.write(tmp_path, step, {"loss": step / 10}) as stage:
+            (stage / "state.bin").write_bytes(bytes([step]))
+    path, meta = checkpoint.latest(tmp_path)
+    assert path.name == "step-00000020" and meta == {"step": 20, "loss": 2.0}
+    with pytest.raises(RuntimeError):
+        with checkpoint.write(tmp_path, 30) as stage:
+            (stage / "state.bin").write_bytes(b"half")
+            raise RuntimeError("killed mid-write")
+    assert checkpoint.latest(tmp_path)[0].name == "step-00000020"
+    assert not [p for p in checkpoint.directory(tmp_path).iterdir() if p.name.startswith(".")]
+    (checkpoint.directory(tmp_path) / "step-00000040").mkdir()  # no checkpoint.json: incomplete
+    assert checkpoint.latest(tmp_path)[0].name == "step-00000020"
+    checkpoint.keep_last(tmp_path, 1)
+    assert [s for s, _ in checkpoint.complete(tmp_path)] == [20]
