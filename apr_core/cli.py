@@ -11,6 +11,7 @@ Errors a user can fix print one line and exit 2; ``--threshold`` failures exit 1
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -100,8 +101,11 @@ def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
     selector_help = "; ".join(f"{n}: {techniques[n].technique.summary}" for n in names)
 
     def callback(models, as_json, seed, quiet, verbose, device, compute_dtype, output=None, fmt=None,
-                 plan=False, **raw):
+                 plan=False, nproc=None, **raw):
         from . import pipeline
+
+        if nproc and nproc > 1 and "LOCAL_RANK" not in os.environ:
+            return _relaunch(nproc)
 
         name = raw.pop(kind.selector)
         actions = [a for a in kind.actions if raw.pop(a, False)]
@@ -119,10 +123,14 @@ def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
                       else pipeline.plan(kind.name, name, list(models), raw, ctx))
             return _emit_json(report) if as_json else _print_plan(report)
         result = pipeline.run(kind.name, name, list(models), raw, output, fmt, ctx)
+        if not pipeline.is_main_process():
+            return None  # under torchrun only rank 0 reports
         if not kind.writes:
             return _render_result(result, as_json)
         if as_json:
             return _emit_json(result)
+        if result.get("up_to_date"):
+            return click.echo(f"{kind.name} {result['technique']}: {result['message']}")
         click.echo(f"{kind.name} {result['technique']}: wrote {result['output']} ({result['format']}) "
                    f"in {result['seconds']:.1f}s")
         for k, v in result["report"].items():
@@ -150,6 +158,11 @@ def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
         click.Option(["-v", "--verbose"], is_flag=True, help="More detail in reports."),
         click.Option(["-q", "--quiet"], is_flag=True, help="No progress output on stderr."),
     ]
+    if kind.processes:
+        params.append(click.Option(["--nproc"], type=click.IntRange(1), default=None, metavar="N",
+                                   help="Run as N processes under torchrun (DDP; gloo on the CPU). Same as "
+                                        "`torchrun --nproc-per-node N -m apr_core.cli ...` or `accelerate "
+                                        "launch`; only rank 0 writes."))
     if kind.batch:
         params.append(click.Option(["--batch"], default=None, metavar="A,B,...",
                                    help=f"Apply several {kind.selector}s to the input, one output each in "
@@ -159,6 +172,26 @@ def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
     params.extend(o for o in options if o.name not in taken)
     return click.Command(kind.command_name, callback=callback, params=params, help=kind.help,
                          context_settings=CONTEXT, no_args_is_help=True)
+
+
+_ARGS: list[str] = []
+
+
+def _relaunch(nproc: int) -> None:
+    """Re-run this command under torchrun with ``nproc`` processes and exit with its status."""
+    import subprocess
+
+    args, skip = [], False
+    for a in _ARGS:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "apr_core.cli", *args]
+    click.get_current_context().exit(subprocess.call(cmd))
 
 
 def _render_result(result: dict[str, Any], as_json: bool) -> None:
@@ -362,6 +395,7 @@ def plugins_cmd(as_json):
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors with exit code 2 for anything the user can fix."""
     args = sys.argv[1:] if argv is None else argv
+    _ARGS[:] = args
     try:
         code = cli.main(args=args, prog_name="apr", standalone_mode=False)
     except click.exceptions.Exit as exc:

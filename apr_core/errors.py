@@ -16,5 +16,11 @@ class CorruptFileError(AprError):
     """A model file failed validation (bad magic, CRC mismatch, out-of-range offsets...)."""
 
 
+class UpToDate(Exception):
+    """Raised by a technique whose output already holds exactly what this run would write (a
+    finished training run re-run with the same arguments): the pipeline reports it and writes
+    nothing; the command exits 0."""
+
+
 class PluginError(Exception):
     """A plugin broke the contract (duplicate technique name, bad parameter declaration)."""

@@ -96,6 +96,9 @@ class Model:
     :ivar generation_config: ``generation_config.json`` as a dict, if any.
     :ivar provenance: one record per operation applied, oldest first.
     :ivar source: where this handle was loaded from (for messages and hashes).
+    :ivar attachments: technique-specific payloads that travel with the model and that the
+        writers of some formats understand (a LoRA adapter for the ``peft`` format); never
+        written into model files themselves.
     """
 
     tensors: dict[str, LazyTensor]
@@ -107,6 +110,7 @@ class Model:
     files: tuple[str, ...] = ()  # files whose bytes define this model (for input hashes)
     sha256: str | None = None  # set by readers that already hashed the file
     keepalive: Any = None  # memory maps the lazy tensors point into
+    attachments: dict[str, Any] = field(default_factory=dict)
 
     # -- tensors --------------------------------------------------------------
     def names(self) -> list[str]:
@@ -173,6 +177,7 @@ class Model:
             tokenizer=dict(self.tokenizer),
             generation_config=None if self.generation_config is None else dict(self.generation_config),
             provenance=list(self.provenance),
+            attachments=dict(self.attachments),
         )
         return replace(base, **changes) if changes else base
 
@@ -191,8 +196,9 @@ class Model:
         return self.sha256
 
     def with_operation(self, operation: str, technique: str | None, params: dict[str, Any],
-                       inputs: list["Model"]) -> "Model":
-        """Append a provenance record: operation, technique, parameters, input hashes, apr version."""
+                       inputs: list["Model"], result: dict[str, Any] | None = None) -> "Model":
+        """Append a provenance record: operation, technique, parameters, input hashes, apr version,
+        and what the technique recorded about its result (data hash, steps, final loss ...)."""
         record = {
             "operation": operation,
             "technique": technique,
@@ -200,6 +206,8 @@ class Model:
             "inputs": [m.input_record() for m in inputs],
             "apr_version": __version__,
         }
+        if result:
+            record["result"] = _jsonable(result)
         if os.environ.get("SOURCE_DATE_EPOCH"):
             record["time"] = int(os.environ["SOURCE_DATE_EPOCH"])
         out = self.derive()

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import AprError
+from .errors import AprError, UpToDate
 from .model import LazyTensor, Model, TensorSpec
 from .plugins import manager
 from .technique import EvaluateTechnique, Kind, RunContext, TransformTechnique
@@ -70,7 +70,7 @@ def save(model: Model, destination: str, fmt: str | None = None, **options: Any)
     """Write ``model`` atomically through the first plugin that writes ``fmt``."""
     pm, _ = manager()
     fmt = output_format(destination, fmt)
-    destination = destination.rstrip("/") if fmt == "hf" and len(destination) > 1 else destination
+    destination = destination.rstrip("/") if len(destination) > 1 else destination  # dir formats
     written = pm.hook.apr_save_model(model=model, destination=destination, fmt=fmt, options=options)
     if written is None:
         raise AprError(f"no installed plugin writes format {fmt!r}")
@@ -151,7 +151,8 @@ def _apply(kind_: Kind, technique: TransformTechnique, inputs: list[Model], para
     recorded = dict(params)
     if technique.random:
         recorded["seed"] = context.seed
-    return result.with_operation(kind_.name, technique.name, recorded, [*inputs, *context.extra_inputs])
+    return result.with_operation(kind_.name, technique.name, recorded, [*inputs, *context.extra_inputs],
+                                 context.record)
 
 
 def _evaluate(technique: EvaluateTechnique, model: Model, params: dict[str, Any], context: RunContext) -> dict:
@@ -179,13 +180,24 @@ def run(kind_name: str, name: str | None, sources: list[str], raw_params: dict[s
         return _evaluate(technique, load(sources[0]), params, context)
     if not output:
         raise AprError(f"apr {kind_.command_name} needs -o/--output (or --plan)")
-    fmt_name = output_format(output, fmt)
+    fmt_name = output_format(output, fmt or technique.default_format(output))
+    context.output, context.output_format = output, fmt_name
     start = time.perf_counter()
-    result = _apply(kind_, technique, [load(s) for s in sources], params, context)
-    written = save(result, output, fmt_name, progress=context.progress)
+    try:
+        result = _apply(kind_, technique, [load(s) for s in sources], params, context)
+    except UpToDate as done:
+        return {"command": kind_.name, "technique": technique.name, "output": output, "format": fmt_name,
+                "up_to_date": True, "message": str(done), "seconds": round(time.perf_counter() - start, 3),
+                "report": context.report}
+    written = save(result, output, fmt_name, progress=context.progress) if is_main_process() else output
     return {"command": kind_.name, "technique": technique.name, "output": written, "format": fmt_name,
             "params": result.provenance[-1]["params"], "seconds": round(time.perf_counter() - start, 3),
             "report": context.report}
+
+
+def is_main_process() -> bool:
+    """False in every process but rank 0 of a torchrun / accelerate launch: only rank 0 writes."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def plan(kind_name: str, name: str | None, sources: list[str], raw_params: dict[str, Any] | None = None,

@@ -51,6 +51,8 @@ class Kind:
         are handed to ``compare``, never recorded as technique parameters).
     :param command: the CLI command name when it differs from ``name`` (``eval``).
     :param writes: whether the command writes a model (``-o``, ``--format``, ``--plan``).
+    :param processes: offer ``--nproc N``: run the command as N processes under torchrun
+        (training kinds, whose techniques use accelerate).
     """
 
     name: str
@@ -65,6 +67,7 @@ class Kind:
     batch_options: tuple[Param, ...] = ()
     command: str = ""
     writes: bool = True
+    processes: bool = False
 
     @property
     def command_name(self) -> str:
@@ -92,7 +95,9 @@ class RunContext:
 
     ``report`` is where a technique puts what the user should see about the
     run (achieved sparsity, bits per weight, vocabulary notes); the CLI prints
-    it and includes it in ``--json``. ``extra_inputs`` holds models a technique
+    it and includes it in ``--json``. ``record`` holds facts about the result
+    that belong in the output's provenance (a dataset hash, steps, final loss);
+    it must be deterministic (no timings). ``extra_inputs`` holds models a technique
     loads itself (a merge's ``--base-model``); `pipeline.transform` records
     them in provenance, with their hashes, after the positional inputs.
     """
@@ -103,10 +108,12 @@ class RunContext:
     quiet: bool = False
     verbose: bool = False
     output: str | None = None
+    output_format: str | None = None
     workdir: Path | None = None
     resume: bool = False
     save_steps: int | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
     extra_inputs: list[Any] = field(default_factory=list)
 
     def log(self, message: str) -> None:
@@ -202,6 +209,12 @@ class TransformTechnique(Technique):
     @abstractmethod
     def transform(self, inputs: "list[Model]", params: dict[str, Any], context: RunContext) -> "Model":
         """Return the new model; tensors may be lazy so the writer can stream them."""
+
+    def default_format(self, destination: str) -> str | None:
+        """The output format when ``--format`` is not given, if the technique's outputs differ from
+        the general rule (extension, a directory meaning ``hf``): a fine-tune writes an adapter
+        directory. None keeps the general rule."""
+        return None
 
     def compare(self, source: str, rows: list[dict[str, Any]], options: dict[str, Any],
                 context: RunContext) -> dict[str, Any]:

@@ -2,13 +2,55 @@
 
 A 150k-token vocabulary makes the fp32 logits of one 2048-token window 1.2 GB; computing the
 LM head and the cross-entropy a chunk of positions at a time bounds that to ``chunk`` x vocab.
-Perplexity, pruning analysis, classification and training all call `next_token_loss`, so
-softcapping (Gemma), masking and reduction are written once.
+When gradients are being recorded each chunk is checkpointed (its logits are recomputed in
+the backward pass instead of kept), so training holds one chunk's logits at a time too.
+Perplexity, pruning analysis, classification, training and distillation all call
+`next_token_loss` (or `chunked_loss` with their own per-chunk loss), so softcapping (Gemma),
+masking and reduction are written once.
 """
 
 from __future__ import annotations
 
 CHUNK = 1024  # positions per LM-head call
+
+
+def logits_of(head, hidden, softcap: float | None):
+    """float32 logits of ``hidden`` through ``head``, softcapped when the model caps them."""
+    import torch
+
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
+def chunked_loss(hidden, ids, mask, per_chunk, chunk: int = CHUNK, extra=()):
+    """Sum ``per_chunk(hidden[:, s:e], targets, keep, *extra_chunks)`` over chunks of positions,
+    where ``targets = ids[:, s+1:e+1]`` and ``keep`` marks the counted targets; returns (sum,
+    count). With gradients on, each chunk is recomputed in the backward pass (checkpointed).
+    ``extra`` are tensors (batch x seq x ...) cut into the same position chunks."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    count = 0
+    positions = ids.shape[1] - 1
+    recompute = torch.is_grad_enabled() and hidden.requires_grad
+    for s in range(0, positions, chunk):
+        e = min(s + chunk, positions)
+        target = ids[:, s + 1: e + 1]
+        keep = mask[:, s + 1: e + 1] if mask is not None else torch.ones_like(target, dtype=torch.bool)
+        n = int(keep.sum())
+        if n == 0:
+            continue
+        pieces = [x[:, s:e] for x in extra]
+        if recompute:
+            part = checkpoint(per_chunk, hidden[:, s:e], target, keep, *pieces, use_reentrant=False)
+        else:
+            part = per_chunk(hidden[:, s:e], target, keep, *pieces)
+        total = total + part
+        count += n
+    return total, count
 
 
 def next_token_loss(hidden, head, ids, mask=None, softcap: float | None = None, chunk: int = CHUNK):
@@ -25,24 +67,13 @@ def next_token_loss(hidden, head, ids, mask=None, softcap: float | None = None, 
     import torch
     import torch.nn.functional as F
 
-    total = hidden.new_zeros((), dtype=torch.float32)
-    count = 0
-    positions = ids.shape[1] - 1
-    for s in range(0, positions, chunk):
-        e = min(s + chunk, positions)
-        logits = head(hidden[:, s:e]).float()
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        target = ids[:, s + 1: e + 1]
-        if mask is not None:
-            keep = mask[:, s + 1: e + 1]
-            target = torch.where(keep, target, torch.full_like(target, -100))
-            count += int(keep.sum())
-        else:
-            count += target.numel()
-        total = total + F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                        reduction="sum", ignore_index=-100)
-    return total, count
+    def per_chunk(h, target, keep):
+        logits = logits_of(head, h, softcap)
+        target = torch.where(keep, target, torch.full_like(target, -100))
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum",
+                               ignore_index=-100)
+
+    return chunked_loss(hidden, ids, mask, per_chunk, chunk)
 
 
 def softcap_of(module) -> float | None:

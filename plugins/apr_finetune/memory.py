@@ -1,0 +1,239 @@
+"""The memory plan of a fine-tuning run, and ``--method auto``'s choice.
+
+Peak memory is the sum of
+
+- **weights**: full fine-tuning keeps float32 master weights; LoRA keeps the frozen base in the
+  compute dtype; QLoRA keeps the decoder linears as NF4 (4 bits, plus one absmax per 64 weights:
+  an 8-bit code with double quantization, float32 without) and the rest in the compute dtype;
+- **adapter** parameters r x (in + out) per target linear, float32;
+- **gradients** of the trainable parameters (float32) and **optimizer** states (AdamW: two float32
+  moments; 8-bit AdamW: two bytes);
+- **activations** saved for the backward pass, per token and layer: what autograd keeps for each
+  op of a Llama-style layer (RMSNorm inputs, rotary q/k, attention inputs and output, the SiLU and
+  product inputs of the MLP; the inputs of every *trainable* linear, which for LoRA are the
+  adapters' inputs only, since a frozen matmul needs no input to pass its gradient on), plus the
+  attention probabilities where attention is not fused (the CPU). With gradient checkpointing only
+  each layer's input is kept, plus one layer's activations while it is recomputed;
+- the **logits** of one chunk of 1024 positions in float32 (logits, softmax and gradient): the loss
+  is chunked and checkpointed (`apr_core.runtime.loss`), so the batch x sequence x vocabulary
+  logits never exist whole;
+- the **runtime**: on the CPU the process's resident memory before training (Python, torch,
+  transformers, the tokenizer; measured in the planning process); on CUDA the allocator's view only
+  (``torch.cuda.max_memory_allocated``), not the CUDA context.
+
+Time per step is the step's FLOPs (2 per parameter and token forward, 2 more backward for the
+activation gradients, 2 more for weight gradients of trainable weights, and one more forward with
+checkpointing) over the device's matmul throughput, measured with a short probe. The constants
+were checked against measured peaks by ``benchmarks/finetune.py`` (docs/finetune.md).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from apr_core.errors import AprError
+
+HEADROOM = 0.9  # a plan fits --vram when its peak is at most 90% of it
+LOGIT_CHUNK = 1024
+AUTO_RANKS = (64, 32, 16, 8)
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def _shape(model) -> dict[str, int]:
+    cfg = model.text_config()
+    heads = int(cfg["num_attention_heads"])
+    return {"h": int(cfg["hidden_size"]), "i": int(cfg["intermediate_size"]), "layers": int(cfg["num_hidden_layers"]),
+            "heads": heads, "kv": int(cfg.get("num_key_value_heads") or heads),
+            "d": int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads), "vocab": int(cfg["vocab_size"])}
+
+
+def _linears(model) -> dict[str, tuple[int, int]]:
+    """Decoder-layer linear weights: name -> (out, in)."""
+    import re
+
+    pat = re.compile(r"layers\.\d+\..*\.weight$")
+    return {n: tuple(model.spec(n).shape) for n in model.names()
+            if pat.search(n) and len(model.spec(n).shape) == 2}
+
+
+def _targets(params, linears) -> dict[str, tuple[int, int]]:
+    targets = params.get("target_modules") or "q_proj,v_proj"
+    if targets == "all-linear":
+        return linears
+    wanted = {t.strip() for t in targets.split(",")}
+    return {n: s for n, s in linears.items() if n.rsplit(".", 2)[-2] in wanted}
+
+
+def activation_bytes(shape: dict[str, int], method: str, targets_per_layer: int, tokens: int, batch: int,
+                     seq: int, elem: int, fused_attention: bool, checkpointing: bool) -> dict[str, int]:
+    """Bytes autograd keeps for the backward pass (see the module docstring)."""
+    h, i, a, kv, d, L = shape["h"], shape["i"], shape["heads"], shape["kv"], shape["d"], shape["layers"]
+    per_token = (
+        4 * h            # two RMSNorms: input and normalised output
+        + 2 * (a + kv) * d  # rotary: q and k before and after
+        + 3 * a * d      # attention inputs q, k, v (k and v expanded to the query heads) ...
+        + a * d          # ... and its output
+        + 3 * i          # SiLU input, and both operands of the gate x up product
+    )
+    per_token += targets_per_layer * h if method != "full" else (h + a * d + h + i)  # trainable linears' inputs
+    attention = 0 if fused_attention else batch * a * seq * seq * elem
+    layer = tokens * per_token * elem + attention
+    if checkpointing:
+        kept = L * tokens * h * elem + layer
+    else:
+        kept = L * layer
+    return {"activations": int(kept), "per_layer": int(layer)}
+
+
+def plan_method(model, method: str, params: dict[str, Any], context, rank: int | None = None) -> dict[str, Any]:
+    """Bytes of every term of one method's peak, and the estimated seconds per step."""
+    if method not in ("full", "lora", "qlora"):
+        raise AprError(f"unknown fine-tuning method {method!r}")
+    shape = _shape(model)
+    cuda = context.device.startswith("cuda")
+    compute = context.compute_dtype()
+    elem = BYTES[compute]
+    linears = _linears(model)
+    lin_params = sum(o * i for o, i in linears.values())
+    total_params = model.param_count
+    rank = rank or params.get("rank") or 16
+    targets = _targets(params, linears) if method != "full" else {}
+    adapter = sum(rank * (o + i) for o, i in targets.values())
+    if method == "full":
+        weights = 4 * total_params
+        trainable = total_params
+    elif method == "lora":
+        weights = elem * total_params
+        trainable = adapter
+    else:
+        scale = (1 / 64 + 4 / (64 * 256)) if params.get("double_quant", True) else 4 / 64
+        weights = int(lin_params * (0.5 + scale)) + elem * (total_params - lin_params)
+        trainable = adapter
+    optimizer_bytes = 2 if params.get("optimizer", "adamw") != "adamw" else 8
+    batch, seq = int(params.get("batch_size") or 4), int(params.get("max_seq_len") or 1024)
+    tokens = batch * seq
+    per_layer_targets = len(targets) // max(shape["layers"], 1)
+    act = activation_bytes(shape, method, per_layer_targets, tokens, batch, seq, elem, fused_attention=cuda,
+                           checkpointing=bool(params.get("gradient_checkpointing")))
+    logits = 3 * 4 * batch * min(seq, LOGIT_CHUNK) * shape["vocab"]
+    parts = {
+        "weights": int(weights),
+        "adapter": 4 * adapter,
+        "gradients": 4 * trainable,
+        "optimizer": optimizer_bytes * trainable,
+        "activations": act["activations"],
+        "logits": logits,
+    }
+    parts["runtime"] = 0 if cuda else _process_rss()
+    peak = sum(parts.values())
+    flops = _step_flops(total_params, trainable, method, tokens, bool(params.get("gradient_checkpointing")))
+    accum = int(params.get("grad_accum") or 1)
+    rate = _matmul_rate(context.device, compute)
+    return {"method": method, "rank": rank if method != "full" else None, "peak_bytes": int(peak), "parts": parts,
+            "trainable_params": int(trainable), "tokens_per_micro_batch": tokens,
+            "activations_per_layer_bytes": act["per_layer"],
+            "step_flops": flops * accum, "seconds_per_step": round(flops * accum / rate, 3) if rate else None,
+            "device_flops_per_second": rate}
+
+
+def _step_flops(params: int, trainable: int, method: str, tokens: int, checkpointing: bool) -> float:
+    forward = 2 * params * tokens
+    backward = 2 * params * tokens + (2 * params * tokens if method == "full" else 2 * 2 * trainable * tokens)
+    return forward * (2 if checkpointing else 1) + backward
+
+
+_RATE: dict[tuple[str, str], float] = {}
+
+
+def _matmul_rate(device: str, dtype: str) -> float:
+    """Achieved matmul FLOP/s on ``device`` in ``dtype`` (a short probe, cached)."""
+    key = (device, dtype)
+    if key not in _RATE:
+        import time
+
+        import torch
+
+        n = 512 if device == "cpu" else 4096
+        a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+        b = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+        a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        reps, start = 3, time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        _RATE[key] = reps * 2 * n ** 3 / max(time.perf_counter() - start, 1e-9)
+    return _RATE[key]
+
+
+_RSS: list[int] = []
+
+
+def _process_rss() -> int:
+    """Resident memory of this process when first asked (bytes), from /proc (0 where unavailable):
+    the runtime's share, measured once so every plan of a run uses the same figure."""
+    if not _RSS:
+        try:
+            with open(f"/proc/{os.getpid()}/statm") as f:
+                _RSS.append(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError, IndexError):
+            _RSS.append(0)
+    return _RSS[0]
+
+
+def budget_bytes(params, context) -> tuple[float, str]:
+    """The memory to plan against: --vram, else the GPU's total memory, else available RAM."""
+    if params.get("vram"):
+        return params["vram"] * 1e9, f"--vram {params['vram']:g} GB"
+    if context.device.startswith("cuda"):
+        import torch
+
+        total = torch.cuda.get_device_properties(torch.device(context.device)).total_memory
+        return float(total), f"{context.device}'s {total / 1e9:.1f} GB"
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+        return float(info.get("MemAvailable", info.get("MemTotal", 0))), "available RAM"
+    except OSError:
+        return math.inf, "no known limit"
+
+
+def choose(model, params, context) -> tuple[str, dict[str, Any]]:
+    """``auto``: full, then LoRA, then QLoRA; for the adapter methods the highest rank (from
+    --rank down) that fits the budget with 10% headroom; one line when nothing fits."""
+    limit, where = budget_bytes(params, context)
+    tried = []
+    candidates = [("full", None)] + [(m, r) for m in ("lora", "qlora") for r in _ranks(params)]
+    for method, rank in candidates:
+        plan = plan_method(model, method, params, context, rank)
+        tried.append(f"{method}{'' if rank is None else f' r{rank}'} {plan['peak_bytes'] / 1e9:.2f} GB")
+        if plan["peak_bytes"] <= HEADROOM * limit:
+            plan["why"] = (f"{method}{'' if rank is None else f' at rank {rank}'} is the first of "
+                           f"full > LoRA > QLoRA (highest rank first) whose estimated peak "
+                           f"{plan['peak_bytes'] / 1e9:.2f} GB fits 90% of {where}; tried: {'; '.join(tried)}")
+            return method, plan
+    raise AprError(f"no method fits {where} with 10% headroom (smallest: {tried[-1]}); lower --batch-size or "
+                   f"--max-seq-len, or add --gradient-checkpointing")
+
+
+def _ranks(params) -> tuple[int, ...]:
+    top = params.get("rank") or 16
+    return tuple(r for r in sorted({top, *AUTO_RANKS}, reverse=True) if r <= max(top, 8))
+
+
+def describe(model, method: str, plan: dict[str, Any], params, context) -> dict[str, Any]:
+    """The ``--plan`` report."""
+    report: dict[str, Any] = {"technique": f"finetune {method}", "device": context.device,
+                              "compute_dtype": context.compute_dtype(), "model_params": model.param_count}
+    if plan.get("why"):
+        report["choice"] = plan["why"]
+    report.update({"rank": plan["rank"], "trainable_params": plan["trainable_params"],
+                   "peak_memory_bytes": plan["peak_bytes"], "seconds_per_step": plan["seconds_per_step"]})
+    report["memory"] = [{"part": k, "bytes": v, "GB": round(v / 1e9, 3)} for k, v in plan["parts"].items()]
+    if params.get("vram"):
+        report["fits_vram"] = plan["peak_bytes"] <= HEADROOM * params["vram"] * 1e9
+    return report

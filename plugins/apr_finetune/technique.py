@@ -1,0 +1,350 @@
+"""``apr finetune``: LoRA, QLoRA, full fine-tuning, ``auto``, and ``--adapter DIR --merge``.
+
+A run prepares the data (`apr_core.runtime.examples`), builds the method's trainable network on
+the run's device (`apr_finetune.modules`), trains it with the shared loop
+(`apr_core.runtime.trainer`) and returns the base model with the result: for the adapter methods
+the merged weights (lazy, W + s B A) with the LoRA adapter attached, so ``-o DIR/`` writes the
+peft adapter directory and ``-o X.apr`` the merged model; for ``full`` the new weights.
+
+Checkpoints live in ``<output>.run/`` next to the output (with the log and the loss chart); the
+run's fingerprint (base model, data, every parameter that changes the result, apr version) is
+recorded in the output, so re-running a finished run says so and does nothing, and ``--resume``
+refuses a checkpoint of another run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from apr_core import __version__
+from apr_core.errors import AprError, UpToDate
+from apr_core.technique import TransformTechnique
+
+from . import params as P
+
+METHODS = ("full", "lora", "qlora")
+
+
+def _is_directory(destination: str) -> bool:
+    p = Path(destination)
+    return destination.endswith(("/", "\\")) or p.is_dir() or not p.suffix
+
+
+class Finetune(TransformTechnique):
+    """One method of ``apr finetune`` (``method`` is what it trains: full, lora or qlora)."""
+
+    kind = "finetune"
+    method = "lora"
+    params = P.LORA
+
+    def contract_params(self, workdir, inputs):
+        rows = [{"prompt": f"def f{i}(x):", "completion": f"\n    return x * {i}\n"} for i in range(8)]
+        data = Path(workdir) / "finetune-contract.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return {"data": str(data), "max_steps": 2, "batch_size": 2, "eval_split": 0.25}
+
+    def check(self, params: dict[str, Any]) -> None:
+        if params.get("alpha") is None and "rank" in params:
+            params["alpha"] = 2.0 * params["rank"]
+        if params["merge"] and not params["adapter"]:
+            raise AprError("--merge needs --adapter DIR (the peft adapter to merge)")
+        if params["data"] and not Path(params["data"]).is_file():
+            raise AprError(f"no such data file: {params['data']}")
+
+    def default_format(self, destination: str) -> str | None:
+        return "peft" if _is_directory(destination) else None
+
+    # ------------------------------------------------------------------ choose
+    def choose(self, model, params, context) -> tuple[str, dict[str, Any]]:
+        """The method to train and the memory plan that justifies it."""
+        from .memory import plan_method
+
+        return self.method, plan_method(model, self.method, params, context)
+
+    # ------------------------------------------------------------------ run
+    def transform(self, inputs, params, context):
+        model = inputs[0]
+        if params["merge"]:
+            return self._merge(model, params, context)
+        if not params["data"]:
+            raise AprError("apr finetune needs --data FILE.jsonl (or --adapter DIR --merge, or --plan)")
+        method, memory = self.choose(model, params, context)
+        if method == "full" and context.output_format == "peft":
+            raise AprError(f"full fine-tuning writes a whole model, not an adapter: give -o MODEL.apr "
+                           f"(or --format hf for a Hugging Face directory)")
+        budget = params["vram"]
+        if budget and memory["peak_bytes"] > budget * 1e9 * 0.9:
+            raise AprError(f"{method} needs about {memory['peak_bytes'] / 1e9:.1f} GB, more than 90% of --vram "
+                           f"{budget:g}; lower --batch-size/--max-seq-len, add --gradient-checkpointing or use "
+                           f"--method auto")
+        data = prepare_data(model, params, context.seed)
+        fingerprint = self.fingerprint(model, method, params, data, context.seed)
+        up_to_date(context.output, fingerprint)
+        return self._train(model, method, params, context, data, fingerprint)
+
+    def fingerprint(self, model, method, params, data, seed) -> str:
+        relevant = {k: v for k, v in params.items() if k not in P.NOT_FINGERPRINTED}
+        blob = json.dumps({"base": model.fingerprint(), "method": method, "params": relevant, "seed": seed,
+                           "data": data["sha256"], "apr": __version__}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _train(self, model, method, params, context, data, fingerprint):
+        from apr_core.runtime.trainer import Trainer, TrainSettings, write_log
+
+        from .modules import CausalLMLoss, base_model, enable_checkpointing, with_lora
+
+        workdir = run_directory(context)
+        context.resume = params["resume"]
+        lm = base_model(model, method, context, params.get("double_quant", True))
+        peft_model = None
+        if method != "full":
+            targets = params["target_modules"]
+            peft_model = with_lora(lm, params["rank"], params["alpha"], params["dropout"],
+                                   "all-linear" if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+                                   context.seed)
+            if params["adapter"]:
+                self._start_from(peft_model, params["adapter"], model)
+        if params["gradient_checkpointing"]:
+            enable_checkpointing(lm)
+        settings = TrainSettings(
+            epochs=params["epochs"], max_steps=params["max_steps"], batch_size=params["batch_size"],
+            grad_accum=params["grad_accum"], learning_rate=params["learning_rate"],
+            weight_decay=params["weight_decay"], warmup_ratio=params["warmup_ratio"],
+            max_grad_norm=params["max_grad_norm"], optimizer=params["optimizer"], eval_steps=params["eval_steps"],
+            save_steps=params["save_steps"], gradient_checkpointing=params["gradient_checkpointing"],
+            seed=context.seed)
+        state = _AdapterState(peft_model) if peft_model is not None else _FullState()
+        trainer = Trainer(CausalLMLoss(lm), data["train"], data["held_out"], settings, context, workdir,
+                          state.save, state.load, fingerprint)
+        result = trainer.run()
+        files = write_log(result.log, workdir) if _main() else {}
+        summary = {"method": method, "steps": result.steps, "train_examples": len(data["train"]),
+                   "held_out_examples": len(data["held_out"]), "target_tokens": result.target_tokens,
+                   "train_loss": result.train_loss, "eval_loss_before": result.eval_loss_before,
+                   "eval_loss": result.eval_loss, "data_sha256": data["sha256"], "fingerprint": fingerprint}
+        context.record.update(summary)
+        context.report.update({**summary, "truncated_examples": data["truncated"], "seconds": result.seconds,
+                               "tokens_per_second": result.tokens_per_second, "run_dir": str(workdir),
+                               "resumed_from_step": result.resumed_from,
+                               **{k: str(workdir / v) for k, v in files.items()}})
+        out = _with_weights(model, lm) if peft_model is None else \
+            self._adapter_output(model, peft_model, params, method, summary, workdir, files)
+        if not context.output and not context.workdir:  # a run without an output keeps nothing on disk
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+            context.report = {k: v for k, v in context.report.items() if k not in ("run_dir", *files)}
+        return out
+
+    def _adapter_output(self, model, peft_model, params, method, summary, workdir, files):
+        from apr_core.model import LazyTensor
+
+        from .adapter import LoraAdapter, merged
+        from .modules import lora_state
+
+        pairs = {}
+        for key, tensor in lora_state(peft_model).items():
+            module, part = key[len("base_model.model."):].rsplit(".lora_", 1)
+            pairs.setdefault(module, {})[part[0]] = LazyTensor.of(key, tensor)
+        config = {"r": params["rank"], "lora_alpha": params["alpha"], "lora_dropout": params["dropout"],
+                  "target_modules": sorted({m.rsplit(".", 1)[-1] for m in pairs}), "bias": "none",
+                  "task_type": "CAUSAL_LM", "base_model_name_or_path": model.config.get("_name_or_path") or None}
+        training = {**summary, "base_sha256": model.fingerprint(), "apr_version": __version__}
+        if method == "qlora":
+            training["base_quantization"] = {"quant_type": "nf4", "blocksize": 64,
+                                             "double_quant": bool(params["double_quant"])}
+        adapter = LoraAdapter(config, {m: (p["A"], p["B"]) for m, p in pairs.items()}, training,
+                              files={name: (workdir / name).read_bytes() for name in files.values()})
+        return merged(model, adapter, "the trained adapter")
+
+    def _start_from(self, peft_model, directory, model) -> None:
+        from .adapter import check_fits, read_adapter
+        from .modules import load_lora_state
+
+        adapter = read_adapter(directory)
+        check_fits(adapter, model, f"--adapter {directory}")
+        load_lora_state(peft_model, {k: v.load() for k, v in adapter.tensors().items()})
+
+    def _merge(self, model, params, context):
+        from .adapter import merged, read_adapter
+
+        adapter = read_adapter(params["adapter"])
+        out = merged(model, adapter, f"--adapter {params['adapter']}")
+        context.report.update({"merged_modules": len(adapter.pairs), "rank": adapter.config["r"],
+                               "lora_alpha": adapter.config["lora_alpha"],
+                               "merged_into": "dequantized NF4 weights (the QLoRA base)" if adapter.nf4_base
+                               else "the base weights as stored"})
+        context.record.update({"adapter_fingerprint": adapter.training.get("fingerprint"),
+                               "adapter_r": adapter.config["r"]})
+        return out
+
+    # ------------------------------------------------------------------ plan
+    def plan(self, inputs, params, context):
+        from .memory import describe
+
+        model = inputs[0]
+        if params["merge"]:
+            return {"technique": "finetune --merge", "adapter": params["adapter"], "output_bytes": model.nbytes}
+        method, memory = self.choose(model, params, context)
+        return describe(model, method, memory, params, context)
+
+
+class Lora(Finetune):
+    name = "lora"
+    summary = "LoRA adapters through peft on a frozen base (rank --rank, targets --target-modules)"
+    paper = "Hu et al. 2021, LoRA: Low-Rank Adaptation of Large Language Models (arXiv:2106.09685)"
+
+
+class QLora(Finetune):
+    name = "qlora"
+    method = "qlora"
+    params = P.QLORA
+    summary = "LoRA on an NF4-quantized base with double quantization (bitsandbytes), adapters in full precision"
+    paper = "Dettmers et al. 2023, QLoRA: Efficient Finetuning of Quantized LLMs (arXiv:2305.14314)"
+
+
+class Full(Finetune):
+    name = "full"
+    method = "full"
+    params = P.FULL
+    summary = "every weight trained (AdamW, float32 master weights; FSDP under accelerate for many GPUs)"
+    paper = "standard full-parameter fine-tuning (Howard & Ruder 2018 onwards)"
+
+    def default_format(self, destination: str) -> str | None:
+        return None
+
+
+class Auto(Finetune):
+    name = "auto"
+    method = "auto"
+    params = P.AUTO
+    summary = "pick full, then LoRA, then QLoRA (and a rank) that fit --vram with 10% headroom, and say why"
+    paper = "memory model in docs/finetune.md (checked against measured peaks by benchmarks/finetune.py)"
+
+    def choose(self, model, params, context):
+        from .memory import choose
+
+        return choose(model, params, context)
+
+
+def run_directory(context) -> Path:
+    """Where a run keeps its checkpoints and log: ``context.workdir``, else ``<output>.run`` beside
+    the output, else (no output: a Python caller's in-memory run) a fresh temporary directory."""
+    if context.workdir:
+        return Path(context.workdir)
+    if context.output:
+        return Path(str(context.output).rstrip("/\\") + ".run")
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="apr-run-"))
+
+
+def _main() -> bool:
+    from apr_core.pipeline import is_main_process
+
+    return is_main_process()
+
+
+def _with_weights(model, lm):
+    """The base model with every trained weight (cast back to its stored dtype)."""
+    from apr_core.model import LazyTensor
+
+    out = model.derive()
+    for name, tensor in lm.state_dict().items():
+        if name in model.tensors:
+            dtype = model.spec(name).dt.torch_dtype()
+            out.tensors[name] = LazyTensor.of(name, tensor.detach().to("cpu", dtype).contiguous())
+    return out
+
+
+class _AdapterState:
+    """What a checkpoint keeps of a LoRA run: the adapter tensors."""
+
+    def __init__(self, peft_model) -> None:
+        self.peft_model = peft_model
+
+    def save(self, module, directory: Path) -> None:
+        from apr_core.formats.safetensors import write_safetensors
+        from apr_core.model import LazyTensor
+
+        from .modules import lora_state
+
+        state = lora_state(self.peft_model)
+        write_safetensors({k: LazyTensor.of(k, v) for k, v in state.items()}, directory / "adapter.safetensors")
+
+    def load(self, module, directory: Path) -> None:
+        from apr_core.formats.safetensors import read_safetensors
+
+        from .modules import load_lora_state
+
+        tensors, _meta, _mm = read_safetensors(directory / "adapter.safetensors")
+        load_lora_state(self.peft_model, {k: v.load().clone() for k, v in tensors.items()})
+
+
+class _FullState:
+    """What a checkpoint keeps of a full fine-tune: every parameter."""
+
+    def save(self, module, directory: Path) -> None:
+        from apr_core.formats.safetensors import write_safetensors
+        from apr_core.model import LazyTensor
+
+        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        write_safetensors({k: LazyTensor.of(k, v) for k, v in state.items()}, directory / "weights.safetensors")
+
+    def load(self, module, directory: Path) -> None:
+        from apr_core.formats.safetensors import read_safetensors
+
+        tensors, _meta, _mm = read_safetensors(directory / "weights.safetensors")
+        module.load_state_dict({k: v.load().clone() for k, v in tensors.items()}, strict=False)
+
+
+def prepare_data(model, params, seed: int) -> dict[str, Any]:
+    """Tokenized training and held-out examples, with the data's sha256 and counts."""
+    from apr_core.runtime import examples as ex
+    from apr_core.torch_bridge import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    formatter = ex.Formatter(tokenizer, params["chat"], params["train_on_prompt"])
+    records = ex.read_records(params["data"])
+    train, truncated = ex.tokenize(records, formatter, params["max_seq_len"])
+    if not train:
+        raise AprError(f"{params['data']}: no example keeps an answer token within --max-seq-len "
+                       f"{params['max_seq_len']}")
+    digest = hashlib.sha256(ex.file_sha256(params["data"]).encode())
+    if params["eval_data"]:
+        held, more = ex.tokenize(ex.read_records(params["eval_data"]), formatter, params["max_seq_len"])
+        truncated += more
+        digest.update(ex.file_sha256(params["eval_data"]).encode())
+    else:
+        train, held = ex.split(train, params["eval_split"], seed)
+    if params["packing"]:
+        train = ex.pack(train, params["max_seq_len"])
+    return {"train": train, "held_out": held, "truncated": truncated, "sha256": digest.hexdigest()}
+
+
+def up_to_date(output: str | None, fingerprint: str) -> None:
+    """Raise `UpToDate` when ``output`` already holds the result of this exact run."""
+    if not output or not Path(output).exists():
+        return
+    from .adapter import TRAINING
+
+    found = None
+    path = Path(output)
+    if path.is_dir() and (path / TRAINING).is_file():
+        try:
+            found = json.loads((path / TRAINING).read_text()).get("fingerprint")
+        except (ValueError, OSError):
+            found = None
+    elif path.is_file() or (path / "config.json").is_file():
+        from apr_core import pipeline
+
+        try:
+            prov = pipeline.load(str(path), verify=False).provenance
+            found = (prov[-1].get("result") or {}).get("fingerprint") if prov else None
+        except AprError:
+            found = None
+    if found == fingerprint:
+        raise UpToDate(f"{output} already holds this run's result (same base, data and settings); nothing to do")
