@@ -148,9 +148,33 @@ def _owner(src: str, tokens: list[Token], parent: list[int], fn: int) -> str | N
     if brace < 0:
         return None
     head = header_before(tokens, brace)
-    for k, tok in enumerate(head):
+    for tok in head:
         if tok.kind == "id" and tok.text in ("impl", "trait"):
             return " ".join(src[tok.start:head[-1].end].split())
+    return None
+
+
+def _body_brace(tokens: list[Token], match: list[int], j: int) -> int | None:
+    """From after a function's name: the index of its body's ``{``, or None for a declaration
+    (``;``). Generics, parameters and the return type are skipped; a ``{`` inside ``<...>`` is a
+    const-generic block, not the body."""
+    angle = 0
+    while j < len(tokens):
+        t = tokens[j]
+        if t.kind == "punct":
+            if t.text in ("(", "["):
+                j = match[j]
+            elif t.text == "<":
+                angle += 1
+            elif t.text == ">":
+                angle = max(0, angle - 1)
+            elif t.text == "{":
+                if angle == 0:
+                    return j
+                j = match[j]
+            elif t.text == "}" or (t.text == ";" and angle == 0):
+                return None
+        j += 1
     return None
 
 
@@ -165,26 +189,7 @@ def extract(src: str) -> list[Function]:
         doc = _doc_start(tokens, match, f)
         if doc is None:
             continue
-        j, angle, body = f + 2, 0, None
-        while j < len(tokens):
-            t = tokens[j]
-            if t.kind == "punct":
-                if t.text in ("(", "["):
-                    j = match[j]
-                elif t.text == "<":
-                    angle += 1
-                elif t.text == ">":
-                    angle = max(0, angle - 1)
-                elif t.text == ";" and angle == 0:
-                    break
-                elif t.text == "{":
-                    if angle == 0:
-                        body = j
-                        break
-                    j = match[j]
-                elif t.text == "}":
-                    break
-            j += 1
+        body = _body_brace(tokens, match, f + 2)
         if body is None:
             continue
         close = match[body]

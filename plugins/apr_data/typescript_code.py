@@ -39,6 +39,8 @@ def _is_ident_char(c: str) -> bool:
 
 
 class _Lexer:
+    """A scanner over one file; template expressions re-enter `scan` on the same text."""
+
     def __init__(self, src: str) -> None:
         self.src = src
 
