@@ -4,7 +4,9 @@ Built-ins need no download: ``stdlib-code`` is a fixed list of Python
 standard-library modules (held out from ``stdlib-calibration``, which
 pruning and quantization calibrate on) and ``python-docs`` is the English
 prose of the Python language reference shipped with every CPython
-(``pydoc_data.topics``). ``wikitext-2`` is read from a file the user names or
+(``pydoc_data.topics``). ``rust-code`` and ``typescript-code`` are the
+held-out files of the local Rust and TypeScript sources
+(`apr_core.codesources`; ``apr data sources`` installs them). ``wikitext-2`` is read from a file the user names or
 fetched from the Hub when online. User files are raw text, or jsonl/parquet
 with a text field; documents are joined with blank lines, as the pruning
 papers do for WikiText-2.
@@ -27,7 +29,8 @@ CALIBRATION_CODE_FILES = ("argparse.py", "dataclasses.py", "functools.py", "ipad
                           "random.py", "selectors.py", "tokenize.py", "contextlib.py", "string.py",
                           "difflib.py", "enum.py", "ast.py", "inspect.py", "typing.py")
 ALIASES = {"code": "stdlib-code", "prose": "python-docs", "wikitext2": "wikitext-2"}
-BUILTIN = ("stdlib-code", "python-docs", "stdlib-calibration", "wikitext-2")
+BUILTIN = ("stdlib-code", "python-docs", "stdlib-calibration", "wikitext-2", "rust-code", "typescript-code")
+CODE_CORPORA = {"rust-code": "rust", "typescript-code": "typescript"}
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,11 @@ def load_corpus(name_or_path: str, text_field: str = "text") -> Corpus:
         return _python_docs()
     if name == "wikitext-2":
         return _wikitext2()
+    if name in CODE_CORPORA:
+        from . import codesources
+
+        paths = codesources.get(CODE_CORPORA[name]).heldout_paths()
+        return Corpus(name, [p.read_text(encoding="utf-8") for p in paths])
     if path.suffix or os.sep in name_or_path:
         raise AprError(f"no such file: {name_or_path}")
     raise AprError(f"unknown dataset {name_or_path!r}: give a file or one of {', '.join(BUILTIN)}")

@@ -12,6 +12,7 @@ import inspect
 import sys
 from pathlib import Path
 
+import click
 from click.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +69,12 @@ def cli_page() -> str:
 
     runner = CliRunner()
     out = [HEADER, "# Command-line reference\n\n"]
-    commands = [[]] + [[c] for c in cli.list_commands(None)]
+    commands = [[]]
+    for name in cli.list_commands(None):
+        commands.append([name])
+        group = cli.get_command(None, name)
+        if isinstance(group, click.Group):  # a plugin's command group: each subcommand too
+            commands.extend([name, sub] for sub in group.list_commands(None))
     for args in commands:
         result = runner.invoke(cli, [*args, "--help"], prog_name="apr", terminal_width=100)
         title = "apr " + " ".join(args) if args else "apr"

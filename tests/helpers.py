@@ -1,6 +1,28 @@
 """Small helpers shared by test modules."""
 
+import subprocess
+import sys
+
 from conftest import run_apr  # noqa: F401  (re-exported for test modules)
+
+
+def run_without_heavy_imports(*arg_lists: list[str]) -> subprocess.CompletedProcess:
+    """Run ``apr`` with each argument list in one fresh interpreter, asserting that every run exits
+    0 and that none imported torch, triton, transformers or numpy; returns the process."""
+    code = (
+        "import sys\n"
+        "from apr_core.cli import main\n"
+        f"for args in {[list(a) for a in arg_lists]!r}:\n"
+        "    try:\n"
+        "        main(args)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code in (0, None), (args, e.code)\n"
+        "heavy = [m for m in ('torch', 'triton', 'transformers', 'numpy') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc
 
 
 def one_error_line(proc) -> str:

@@ -1,28 +1,14 @@
 """The CLI as a user meets it: JSON output, one-line errors with exit 2, no torch for --help."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from helpers import one_error_line, run_apr
+from helpers import one_error_line, run_apr, run_without_heavy_imports
 
 
 def test_help_and_plugins_do_not_import_torch():
-    code = (
-        "import sys\n"
-        "from apr_core.cli import main\n"
-        "for args in (['--help'], ['plugins'], ['plugins', '--json'], ['import', '--help'], ['eval', '--help']):\n"
-        "    try:\n"
-        "        main(args)\n"
-        "    except SystemExit as e:\n"
-        "        assert e.code in (0, None), (args, e.code)\n"
-        "heavy = [m for m in ('torch', 'triton', 'transformers', 'numpy') if m in sys.modules]\n"
-        "assert not heavy, heavy\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    run_without_heavy_imports(["--help"], ["plugins"], ["plugins", "--json"], ["import", "--help"], ["eval", "--help"])
 
 
 def test_import_inspect_eval_export(tmp_path, tiny_dir):

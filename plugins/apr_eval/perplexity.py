@@ -24,8 +24,8 @@ class Perplexity(EvaluateTechnique):
     paper = "Sun et al. 2023 (Wanda) / Frantar & Alistarh 2023 (SparseGPT) evaluation protocol"
     params = (
         Param("dataset", "str", "stdlib-code",
-              "Corpus: stdlib-code (alias code), python-docs (alias prose), wikitext-2, or a file "
-              "(raw text, jsonl or parquet with a text field)"),
+              "Corpus: stdlib-code (alias code), rust-code, typescript-code (see apr data sources), "
+              "python-docs (alias prose), wikitext-2, or a file (raw text, jsonl or parquet with a text field)"),
         Param("seq_len", "int", None, "Window length in tokens (default: the model's context length)", min=2),
         Param("max_tokens", "int", None, "Evaluate only the first N tokens of the corpus", min=2),
         Param("batch_size", "int", 1, "Windows per forward pass", min=1),
