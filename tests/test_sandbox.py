@@ -317,16 +317,36 @@ def test_memory_limit_holds_for_the_sample_as_a_whole(box):
     assert "memory limit (256 MiB for all its processes together)" in v.detail
 
 
-def test_process_limit_holds_for_the_sample_as_a_whole(box):
+def test_the_sample_runs_inside_its_limited_cgroup(box):
+    """Seen from the host while it runs: every process of the sample (forked children included) is
+    in the sample's own group, whose limits are --memory-mb and --nproc + 2 for it as a whole."""
     if box.cgroups is None:
         pytest.skip(f"no cgroups here: {box.cgroup_status}")
-    # RLIMIT_NPROC counts per uid; the cgroup's pids.max counts the sample's tasks, threads included
-    program = ("import threading, time\nstarted = 0\n"
-               "try:\n    for _ in range(200):\n"
-               "        threading.Thread(target=time.sleep, args=(3,), daemon=True).start()\n"
-               "        started += 1\nexcept RuntimeError:\n    pass\n"
-               "assert started <= 24, started\n")
-    assert box.run(program).passed
+    import threading
+
+    lim = Limits(timeout_s=20, memory_mb=300, nproc=24, file_mb=1)
+    with Sandbox(box.mode, lim, workers=1) as s:
+        parent = s.cgroups.parents["pids"]
+        marker = f"9{os.getpid()}.{time.time_ns() % 10**9}"
+        program = (f"import os, time\nif os.fork() == 0:\n    os.execv('/bin/sleep', ['sleep', '{marker}'])\n"
+                   "time.sleep(3)\n")
+        result = []
+        worker = threading.Thread(target=lambda: result.append(s.run(program)))
+        worker.start()
+        deadline = time.monotonic() + 15
+        while not _alive(marker[1:]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        groups = [os.path.join(parent, n) for n in os.listdir(parent) if os.path.isdir(os.path.join(parent, n))]
+        assert len(groups) == 1
+        procs = {int(p) for p in Path(groups[0], "cgroup.procs").read_text().split()}
+        assert set(_alive(marker[1:])) <= procs and len(procs) >= 3  # driver, the program, its sleep
+        assert Path(groups[0], "pids.max").read_text().strip() == str(lim.nproc + sb.HARNESS_TASKS)
+        mem = s.cgroups.parents["memory"]
+        limit_file = "memory.max" if s.cgroups.version == 2 else "memory.limit_in_bytes"
+        assert int(Path(mem, os.path.basename(groups[0]), limit_file).read_text()) == lim.memory_mb << 20
+        worker.join()
+        assert result[0].passed, result[0].detail
+        assert not os.path.exists(groups[0])
 
 
 def test_scratch_is_a_size_capped_tmpfs(box):
