@@ -206,6 +206,18 @@ def test_control_the_same_attacks_pass_in_one_interpreter(box, name):
     assert box.run(_in_one_interpreter(_hostile(name))).passed
 
 
+TOKEN_HUNTS = ["frame-walk-for-the-nonce", "proc-self-cmdline", "proc-self-fd", "environ-and-pid-1",
+               "scan-own-memory", "exit-0-at-import"]
+
+
+@pytest.mark.parametrize("name", TOKEN_HUNTS)
+def test_token_hunts_find_nothing_in_one_interpreter_either(box, name):
+    """For plain programs (MBPP) too, the nonce is nowhere in the process: hunting it is useless
+    (docs/eval.md says what a harness-aware plain program can still do)."""
+    v = box.run(_in_one_interpreter(_hostile(name)))
+    assert v.status in ("failed", "timeout"), (name, v.status, v.detail)
+
+
 SECRET_TESTS = ('SECRET = "APR-TEST-SECRET-%s"\n'
                 "def check(candidate):\n    assert candidate() == (0, 0), candidate()\n\ncheck(scan)\n") % ("5e" * 16)
 MEMORY_SCAN = r'''

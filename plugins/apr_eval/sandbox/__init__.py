@@ -402,8 +402,12 @@ def _exited(proc: subprocess.Popen, timeout: float) -> bool:
     with sleeps of up to 50 ms, which would cost each sample that much)."""
     try:
         pidfd = os.pidfd_open(proc.pid)
-    except OSError:  # already reaped
-        return True
+    except OSError:  # a kernel without pidfds (before 5.3)
+        try:
+            proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
     try:
         return bool(select.select([pidfd], [], [], timeout)[0])
     finally:
@@ -478,7 +482,8 @@ def _failure_detail(code: int | None, output: str) -> str:
 def available_modes() -> list[str]:
     """Isolating backends that can start here (cheap probes, no self-test)."""
     found = []
-    if bwrap_path() and _probe([bwrap_path(), "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "true"]):
+    if bwrap_path() and _probe([bwrap_path(), "--unshare-all", "--die-with-parent", "--as-pid-1", "--ro-bind", "/", "/",
+                                "--perms", "1777", "--size", "1048576", "--tmpfs", "/tmp", "true"]):  # bwrap >= 0.8
         found.append("bwrap")
     if sys.platform.startswith("linux") and _probe(["unshare", "--net", "--mount", "--pid", "--fork", "true"]
                                                     if os.geteuid() == 0 else

@@ -309,7 +309,10 @@ def _read_available(fd: int) -> bytes:
 def _wait(target: int, deadline: float):
     """Reap every child (orphans land here as PID 1) until ``target`` exits: its exit code, or None
     if the deadline passed first."""
-    pidfd = os.pidfd_open(target)
+    try:
+        pidfd = os.pidfd_open(target)
+    except OSError:  # a kernel without pidfds: wake up every tick instead
+        pidfd = None
     try:
         while True:
             while True:
@@ -324,9 +327,10 @@ def _wait(target: int, deadline: float):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            select.select([pidfd], [], [], min(remaining, 0.05))
+            select.select([pidfd] if pidfd is not None else [], [], [], min(remaining, 0.05))
     finally:
-        os.close(pidfd)
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def _exit_detail(code) -> str:
