@@ -64,6 +64,23 @@ def _sign(tokens, fds):
     os._exit(0)
 def _hex_tokens(data):
     return set(re.findall(rb"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])", data))
+def _drained(fds):
+    return {data for data in map(_read_fd, fds) if data}
+"""
+
+OWN_MEMORY = r"""
+def _own_memory():  # every readable mapping of this process, through /proc/self/mem
+    with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
+        for line in maps:
+            span, perms = line.split()[:2]
+            if perms[0] != "r":
+                continue
+            start, end = (int(x, 16) for x in span.split("-"))
+            try:
+                mem.seek(start)
+                yield mem.read(end - start)
+            except (OSError, OverflowError, ValueError):
+                continue
 """
 
 HOSTILE = {
@@ -95,10 +112,7 @@ for obj in gc.get_objects():
     if isinstance(obj, dict):
         for v in list(obj.values()):
             _scan(v)
-for fd in fds:
-    data = _read_fd(fd)
-    if data:
-        tokens.add(data)
+tokens |= _drained(fds)
 _sign(tokens, fds)
 """,
     "proc-self-cmdline": SIGN + r"""
@@ -106,18 +120,13 @@ argv = open("/proc/self/cmdline", "rb").read().split(b"\0")
 tokens, fds = set(), {int(a) for a in argv if a.isdigit() and int(a) < 1024}
 for arg in argv:
     tokens |= _hex_tokens(arg)
-for fd in fds:
-    data = _read_fd(fd)
-    if data:
-        tokens.add(data)
+tokens |= _drained(fds)
 _sign(tokens, fds)
 """,
     "proc-self-fd": SIGN + r"""
-tokens, fds = set(), {int(n) for n in os.listdir("/proc/self/fd")}
+fds = {int(n) for n in os.listdir("/proc/self/fd")}
+tokens = _drained(fds)
 for fd in fds:
-    data = _read_fd(fd)
-    if data:
-        tokens.add(data)
     try:  # a fresh open of the same pipe or file, as /proc allows
         with open(f"/proc/self/fd/{fd}", "rb", 0) as f:
             os.set_blocking(f.fileno(), False)
@@ -144,19 +153,10 @@ for pid in ("1", "2", "3"):
         pass
 _sign(tokens, {int(n) for n in os.listdir("/proc/self/fd")})
 """,
-    "scan-own-memory": SIGN + r"""
+    "scan-own-memory": SIGN + OWN_MEMORY + r"""
 tokens = set()
-with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
-    for line in maps:
-        span, perms = line.split()[:2]
-        if perms[0] != "r":
-            continue
-        start, end = (int(x, 16) for x in span.split("-"))
-        try:
-            mem.seek(start)
-            tokens |= _hex_tokens(mem.read(end - start))
-        except (OSError, OverflowError, ValueError):
-            pass
+for data in _own_memory():
+    tokens |= _hex_tokens(data)
 _sign(tokens, {int(n) for n in os.listdir("/proc/self/fd")})
 """,
     "always-equal-object": r"""
@@ -220,25 +220,15 @@ def test_token_hunts_find_nothing_in_one_interpreter_either(box, name):
 
 SECRET_TESTS = ('SECRET = "APR-TEST-SECRET-%s"\n'
                 "def check(candidate):\n    assert candidate() == (0, 0), candidate()\n\ncheck(scan)\n") % ("5e" * 16)
-MEMORY_SCAN = r'''
+MEMORY_SCAN = OWN_MEMORY + r'''
 import re
 def scan():
     """(copies of the tests' secret, copies of the run's nonce) readable in this process's memory."""
     secret, nonce = re.compile(rb"APR-TEST-SECRET-[0-9a-f]{32}"), re.compile(rb"(?:0123456789abcdef){2}")
     hits = [0, 0]
-    with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
-        for line in maps:
-            span, perms = line.split()[:2]
-            if perms[0] != "r":
-                continue
-            start, end = (int(x, 16) for x in span.split("-"))
-            try:
-                mem.seek(start)
-                data = mem.read(end - start)
-            except (OSError, OverflowError, ValueError):
-                continue
-            hits[0] += len(secret.findall(data))
-            hits[1] += len(nonce.findall(data))
+    for data in _own_memory():
+        hits[0] += len(secret.findall(data))
+        hits[1] += len(nonce.findall(data))
     return tuple(hits)
 '''
 
