@@ -436,8 +436,8 @@ def _decide(code: int, timed_out: bool, ooms: int, report: dict, nonce: str, sec
         return Verdict("failed", f"killed: the sample exceeded its memory limit ({lim.memory_mb} MiB for all "
                        f"its processes together)", seconds, code, output)
     detail = report.get("detail") if isinstance(report.get("detail"), str) else ""
-    worker = report.get("exit") if isinstance(report.get("exit"), int) else code
-    return Verdict("failed", detail or _failure_detail(worker, output), seconds, code, output)
+    worker = report.get("exit") if isinstance(report.get("exit"), int) else code  # the program's own status
+    return Verdict("failed", detail or _failure_detail(worker, output), seconds, worker, output)
 
 
 def _kill_group(pgid: int) -> None:
