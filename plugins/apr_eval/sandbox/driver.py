@@ -355,9 +355,12 @@ def main(argv) -> None:
             os.close(fd)
     except OSError as exc:
         raise SystemExit(f"sandbox setup failed: cannot join the sample's cgroup: {exc}")
-    if not job["uids"]:  # uid 0 (of a user namespace) must not regain capabilities through exec
-        libc.prctl(PR_SET_SECUREBITS, SECUREBITS_NO_ROOT, 0, 0, 0)  # best effort: needs CAP_SETPCAP
-    limit_capabilities((CAP_SETUID, CAP_SETGID) if job["uids"] else ())
+    try:
+        if not job["uids"]:  # uid 0 (of a user namespace) must not regain capabilities through exec
+            libc.prctl(PR_SET_SECUREBITS, SECUREBITS_NO_ROOT, 0, 0, 0)  # best effort: needs CAP_SETPCAP
+        limit_capabilities((CAP_SETUID, CAP_SETGID) if job["uids"] else ())
+    except OSError as exc:
+        raise SystemExit(f"sandbox setup failed: {exc}")
     candidate_uid, referee_uid = job["uids"] or (None, None)
     if job["entry"] is None:
         done_r, done_w = os.pipe()
