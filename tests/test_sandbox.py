@@ -4,9 +4,7 @@ The refereed (HumanEval) verdict and the hostile programs against it are in
 tests/test_sandbox_referee.py; the plain-value codec in tests/test_sandbox_wire.py.
 """
 
-import errno
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -439,3 +437,13 @@ def test_refuses_without_isolation_unless_told_louder(monkeypatch):
         assert box.mode == "none"
     finally:
         box.close()
+
+
+def test_the_harness_stays_out_of_the_programs_imports(box):
+    program = ("import importlib.util, sys\n"
+               "for name in ('wire', 'output', 'privileges', 'referee'):\n"
+               "    assert name not in sys.modules, name\n"
+               "    assert importlib.util.find_spec(name) is None or 'harness' not in importlib.util.find_spec(name).origin\n"
+               "assert not any('harness' in p for p in sys.path), sys.path\n")
+    v = box.run(program)
+    assert v.passed, v.detail

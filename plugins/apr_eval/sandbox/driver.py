@@ -22,96 +22,31 @@ and, for refereed programs, the tests). The driver never runs untrusted code its
    writes ``{"nonce", "passed", "detail"}`` to VERDICT_FD and exits. As PID 1 its exit makes the
    kernel kill everything left in the namespace.
 
-Only the standard library is used: this file runs under the bare interpreter (``-I``).
+The driver's siblings do the parts: `privileges` (capabilities, uids, rlimits), `referee` (both
+ends of a refereed call), `wire` (the values), `output` (tracebacks). They are imported under
+private names, so the program's own ``import wire`` cannot find them. Only the standard library
+is used: these files run under the bare interpreter (``-I``).
 """
 
 import builtins
-import ctypes
 import json
 import os
-import resource
 import select
 import signal
 import sys
 import time
-import traceback
 
-sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-import wire  # noqa: E402  (a sibling file; -I leaves the script's directory off sys.path)
-
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_SECUREBITS = 1, 4, 24, 28
-PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
-CAP_SETGID, CAP_SETUID = 6, 7
-# NOROOT (+locked), NO_CAP_AMBIENT_RAISE (+locked), KEEP_CAPS locked off: uid 0 regains nothing
-SECUREBITS_NO_ROOT = 0x01 | 0x02 | 0x20 | 0x40 | 0x80
-CAP_VERSION_3 = 0x20080522
-
-libc = ctypes.CDLL(None, use_errno=True)
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-
-
-def _fail(what):
-    err = ctypes.get_errno()
-    raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _capabilities() -> int:
-    """The effective | permitted capability mask of this process."""
-    header, data = _CapHeader(CAP_VERSION_3, 0), (_CapData * 2)()
-    if libc.capget(ctypes.byref(header), data) != 0:
-        _fail("capget")
-    return sum((data[i].effective | data[i].permitted) << (32 * i) for i in range(2))
-
-
-def limit_capabilities(keep=()) -> None:
-    """Keep only ``keep`` (capability numbers) in the effective and permitted sets; clear the rest."""
-    try:
-        last = int(open("/proc/sys/kernel/cap_last_cap").read())
-    except (OSError, ValueError):
-        last = 63
-    for cap in range(last + 1):
-        if cap not in keep:
-            libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)  # best effort: needs CAP_SETPCAP
-    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-    mask = sum(1 << c for c in keep) & _capabilities()
-    header, data = _CapHeader(CAP_VERSION_3, 0), (_CapData * 2)()
-    for i in range(2):
-        data[i].effective = data[i].permitted = (mask >> (32 * i)) & 0xFFFFFFFF
-    if libc.capset(ctypes.byref(header), data) != 0:
-        _fail("capset")
-
-
-def drop_privileges(uid) -> None:
-    """Become ``uid`` (which clears every capability), or without one keep the uid and drop them all."""
-    if uid is not None:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-        if os.getuid() != uid or os.geteuid() != uid:
-            raise SystemExit("sandbox: could not drop privileges")
-    else:
-        limit_capabilities(())
-    if _capabilities() != 0:
-        raise SystemExit("sandbox: capabilities survived the privilege drop")
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        _fail("prctl no_new_privs")
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # credential changes clear it; set again
-
-
-def set_limits(limits: dict) -> None:
-    """Soft = hard, so the program cannot raise them back."""
-    for name, value in limits.items():
-        if value > 0:
-            which = getattr(resource, name)
-            resource.setrlimit(which, (value, value))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+HARNESS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HARNESS)  # the sibling files (-I leaves the script's directory off sys.path) ...
+try:
+    from output import flush, print_traceback
+    from privileges import (CAP_SETGID, CAP_SETUID, PR_SET_DUMPABLE, PR_SET_PDEATHSIG, PR_SET_SECUREBITS,
+                            SECUREBITS_NO_ROOT, drop_privileges, libc, limit_capabilities, set_limits)
+    from referee import referee, serve
+finally:
+    sys.path.remove(HARNESS)
+for _name in ("wire", "output", "privileges", "referee"):  # ... which the program's own imports must not find
+    sys.modules["_apr_harness_" + _name] = sys.modules.pop(_name)
 
 
 def _close_fds_except(keep) -> None:
@@ -121,32 +56,6 @@ def _close_fds_except(keep) -> None:
                 os.close(fd)
             except OSError:
                 pass
-
-
-def _last_line(exc: BaseException) -> str:
-    try:
-        return "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1][:300]
-    except Exception:  # a hostile __str__
-        return type(exc).__name__
-
-
-def _print_traceback(exc: BaseException) -> None:
-    """The traceback from the first frame outside this harness (the program's own frames)."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename in (__file__, wire.__file__):
-        tb = tb.tb_next
-    try:
-        traceback.print_exception(type(exc), exc, tb)
-    except BaseException:
-        print(type(exc).__name__, file=sys.stderr)
-
-
-def _flush() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:
-            pass
 
 
 def _spawn(job: dict, uid, keep, body, dumpable=True) -> int:
@@ -164,13 +73,12 @@ def _spawn(job: dict, uid, keep, body, dumpable=True) -> int:
         libc.prctl(PR_SET_DUMPABLE, 1 if dumpable else 0, 0, 0, 0)
         code = body()
     except BaseException as exc:
-        _flush()  # the program's own output first, so the traceback's last line is the last line
-        _print_traceback(exc)
-    _flush()
+        flush()  # the program's own output first, so the traceback's last line is the last line
+        print_traceback(exc)
+    flush()
     os._exit(code)
 
 
-# ---------------------------------------------------------------------------------- candidate side
 def _run_program(source: str, done_fd: int, _write=os.write) -> int:
     """A plain program, run whole; the pipe hears "done" only if it returned."""
     code = compile(source, "program.py", "exec")
@@ -180,115 +88,6 @@ def _run_program(source: str, done_fd: int, _write=os.write) -> int:
     return 0
 
 
-def _serve(source: str, entry: str, requests: int, replies: int,
-           _read=wire.read_message, _send=wire.write_message, _encode=wire.encode, _decode=wire.decode) -> int:
-    """Run the candidate module, then answer the referee's calls of ``entry`` until it hangs up."""
-    namespace = {"__name__": "__main__", "__builtins__": builtins}
-    try:
-        exec(compile(source, "program.py", "exec"), namespace)
-    except BaseException as exc:
-        _flush()
-        _print_traceback(exc)
-        _flush()
-        _send(replies, {"error": _last_line(exc)})
-        return 1
-    del source
-    _send(replies, {"ready": True})
-    while True:
-        message = _read(requests)
-        if message is None:
-            return 0
-        try:
-            function = namespace.get(entry)
-            if not callable(function):
-                raise NameError(f"name {entry!r} is not defined")
-            reply = {"value": _encode(function(*_decode(message["call"]), **_decode(message["kw"])))}
-        except BaseException as exc:
-            try:
-                reply = {"raise": type(exc).__name__, "message": str(exc)[:2000]}
-            except BaseException:
-                reply = {"raise": "Exception", "message": ""}
-        _flush()
-        _send(replies, reply)
-
-
-# ---------------------------------------------------------------------------------- referee side
-class CandidateFailed(Exception):
-    """The candidate's module failed, it died mid-call, or it sent something malformed."""
-
-
-def _exception(name: str, message: str) -> BaseException:
-    """The candidate raised ``name``: the builtin exception of that name (so tests catching, say,
-    ValueError still do), else `CandidateFailed`; never anything the candidate defined."""
-    cls = getattr(builtins, str(name), None)
-    if isinstance(cls, type) and issubclass(cls, Exception):
-        try:
-            return cls(str(message))
-        except Exception:
-            pass
-    return CandidateFailed(f"{name}: {message}")
-
-
-class Channel:
-    """The referee's end of the candidate: calls go out as plain values, results come back decoded."""
-
-    def __init__(self, replies: int, requests: int):
-        self.replies, self.requests, self.ready = replies, requests, False
-
-    def _receive(self, during: str):
-        try:
-            message = wire.read_message(self.replies)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CandidateFailed(f"malformed message from the candidate {during}: {exc}") from None
-        if not isinstance(message, dict):
-            raise CandidateFailed(f"the candidate process ended {during}" if message is None else
-                                  f"malformed message from the candidate {during}")
-        return message
-
-    def call(self, args: tuple, kwargs: dict):
-        if not self.ready:
-            hello = self._receive("while loading")
-            if "error" in hello:
-                raise CandidateFailed(str(hello["error"]))
-            if hello.get("ready") is not True:
-                raise CandidateFailed("malformed message from the candidate while loading")
-            self.ready = True
-        wire.write_message(self.requests, {"call": wire.encode(list(args)), "kw": wire.encode(dict(kwargs))})
-        reply = self._receive("during a call")
-        if "value" in reply:
-            try:
-                return wire.decode(reply["value"])
-            except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-                raise CandidateFailed(f"malformed value from the candidate: {exc}") from None
-        if "raise" in reply:
-            raise _exception(reply["raise"], reply.get("message", ""))
-        raise CandidateFailed("malformed reply from the candidate")
-
-
-def _referee(secret: dict, entry: str, replies: int, requests: int, result_fd: int) -> int:
-    """Run the trusted context and tests with ``entry`` bound to the remote candidate."""
-    channel = Channel(replies, requests)
-
-    def candidate(*args, **kwargs):
-        return channel.call(args, kwargs)
-
-    candidate.__name__ = candidate.__qualname__ = entry
-    namespace = {"__name__": "__main__"}
-    try:
-        exec(compile(secret["context"], "prompt.py", "exec"), namespace)
-        namespace[entry] = candidate
-        exec(compile(secret["tests"], "tests.py", "exec"), namespace)
-    except BaseException as exc:
-        detail = str(exc)[:300] if isinstance(exc, CandidateFailed) else _last_line(exc)
-        if not isinstance(exc, CandidateFailed):
-            _print_traceback(exc)
-        os.write(result_fd, json.dumps({"passed": False, "detail": detail}).encode())
-        return 1
-    os.write(result_fd, json.dumps({"passed": True, "detail": ""}).encode())
-    return 0
-
-
-# ---------------------------------------------------------------------------------- init
 def _read_all(fd: int) -> bytes:
     chunks = []
     while True:
@@ -376,25 +175,25 @@ def main(argv) -> None:
     else:
         requests_r, requests_w = os.pipe()
         replies_r, replies_w = os.pipe()
-        candidate = _spawn(job, candidate_uid, (requests_r, replies_w),
-                           lambda: _serve(job.pop("candidate"), job["entry"], requests_r, replies_w))
+        candidate_pid = _spawn(job, candidate_uid, (requests_r, replies_w),
+                           lambda: serve(job.pop("candidate"), job["entry"], requests_r, replies_w))
         os.close(requests_r)
         os.close(replies_w)
         secret = json.loads(_read_all(secret_fd))  # only now: the candidate's copy of memory lacks it
         os.close(secret_fd)
         result_r, result_w = os.pipe()
-        referee = _spawn(job, referee_uid, (replies_r, requests_w, result_w),
-                         lambda: _referee(secret, job["entry"], replies_r, requests_w, result_w), dumpable=False)
+        referee_pid = _spawn(job, referee_uid, (replies_r, requests_w, result_w),
+                         lambda: referee(secret, job["entry"], replies_r, requests_w, result_w), dumpable=False)
         for fd in (replies_r, requests_w, result_w):
             os.close(fd)
-        code = _wait(referee, deadline)
+        code = _wait(referee_pid, deadline)
         try:
             result = json.loads(_read_available(result_r) or b"{}")
         except ValueError:
             result = {}
         passed = code == 0 and result.get("passed") is True
         detail = "" if passed else (result.get("detail") or _exit_detail(code))
-        others = (candidate,)
+        others = (candidate_pid,)
     os.write(verdict_fd, json.dumps({"nonce": secret["nonce"], "passed": passed, "detail": detail,
                                      "exit": code, "timeout": code is None}).encode())
     for pid in others:  # as PID 1 our exit kills the namespace anyway; this covers --isolation none
@@ -402,7 +201,7 @@ def main(argv) -> None:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
-    _flush()
+    flush()
     os._exit(0 if passed else 1)
 
 
@@ -412,6 +211,6 @@ if __name__ == "__main__":
     except SystemExit as exc:
         if isinstance(exc.code, str):
             print(exc.code, file=sys.stderr)
-            _flush()
+            flush()
             os._exit(125)
         raise
