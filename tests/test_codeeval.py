@@ -97,8 +97,10 @@ def test_extract_body_continuation_cut_at_stops():
 def test_program_re_adds_prompt_imports_for_whole_function_replies():
     p = load_problems(HE)[0]  # prompt imports List
     program = build_program(p, "def total(xs: List[int]) -> int:\n    return sum(xs)\n")
-    assert program.startswith("from typing import List")
-    assert program.rstrip().endswith("check(total)")
+    assert program.candidate.startswith("from typing import List")
+    assert "check" not in program.candidate  # the tests run in the referee, not beside the completion
+    assert program.context == p.prompt and program.entry == "total"
+    assert program.tests.rstrip().endswith("check(total)")
 
 
 # ----------------------------------------------------------------------------- prompt strategies
