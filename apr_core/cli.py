@@ -388,7 +388,7 @@ def plugins_cmd(as_json):
         _emit_json(rows)
         return
     for row in rows:
-        techs = ", ".join(f"{t['kind']}/{t['name']}" for t in row["techniques"]) or "(formats and hooks)"
+        techs = ", ".join(f"{t['kind']}/{t['name']}" for t in row["techniques"]) or "(commands, formats or hooks)"
         click.echo(f"{row['plugin']:<24} {row['distribution']} {row['version']:<8} {techs}")
 
 

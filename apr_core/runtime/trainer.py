@@ -269,8 +269,8 @@ class Trainer:
             stop.restore()
             if bar is not None:
                 bar.close()
+        seconds = time.perf_counter() - began  # training only; the evaluations are not counted
         eval_loss = self.evaluate(model, dev, dtype, autocast) if self.held_out else None
-        seconds = time.perf_counter() - began
         if eval_loss is not None:
             log.append({"step": total, "eval_loss": eval_loss})
         save(total, final=True)
