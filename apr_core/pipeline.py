@@ -19,6 +19,7 @@ from .kinds import CORE_KINDS
 from .model import LazyTensor, Model, TensorSpec
 from .plugins import manager
 from .technique import EvaluateTechnique, Kind, RunContext, TransformTechnique
+from .validate import check_model
 
 EXTENSIONS = {".apr": "apr", ".safetensors": "safetensors", ".gguf": "gguf"}
 FLOAT_DTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "float32": "F32", "float16": "F16",
@@ -29,12 +30,14 @@ def load(source: str, **options: Any) -> Model:
     """Open a model through the first plugin that recognises ``source``."""
     pm, _ = manager()
     options.setdefault("verify", True)
+    check_tensors = options.pop("check_tensors", True)  # False: config and tokenizer only (no torch)
     model = pm.hook.apr_load_model(source=str(source), options=options)
     if model is None:
         if not os.path.exists(source):
             raise AprError(f"no such file or model: {source}")
         raise AprError(f"{source}: unknown model format (expected .apr, .safetensors, .gguf, "
                        f".bin, a Hugging Face directory or hf://org/name)")
+    check_model(model, tensors=check_tensors)
     return model
 
 
