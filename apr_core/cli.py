@@ -11,6 +11,8 @@ Errors a user can fix print one line and exit 2; ``--threshold`` failures exit 1
 from __future__ import annotations
 
 import json
+import math
+import signal
 import sys
 import time
 from typing import Any
@@ -18,12 +20,14 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import AprError, PluginError
+from .atomic import check_destination
+from .errors import AprError, PluginError, Terminated
 from .kinds import CORE_KINDS
 from .params import Param
 from .technique import Kind, RunContext
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+FORCE_HELP = "Let -o name an input and replace it (a directory only if apr wrote it)."
 
 
 def _emit_json(data: Any) -> None:
@@ -86,7 +90,7 @@ def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
     names = list(techniques)
     selector_help = "; ".join(f"{n}: {techniques[n].technique.summary}" for n in names)
 
-    def callback(models, output, fmt, plan, as_json, seed, quiet, verbose, **raw):
+    def callback(models, output, fmt, plan, as_json, seed, quiet, verbose, force, **raw):
         chosen = raw.pop(kind.selector)
         name = chosen or kind.default
         actions = [a for a in kind.actions if raw.pop(a, False)]
@@ -123,7 +127,9 @@ def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
             return
         if not output:
             raise AprError(f"apr {kind.name} needs -o/--output (or --plan)")
-        fmt_name = pipeline.output_format(output, fmt)
+        fmt_name = ctx.output_format = pipeline.output_format(output, fmt)
+        check_destination(output, [*models, *(given.get(p.name) for p in technique.params if p.type == "path")],
+                          force)
         start = time.perf_counter()
         inputs = [pipeline.load(m) for m in models]
         result = pipeline.transform(kind.name, name, inputs, given, ctx)
@@ -147,6 +153,7 @@ def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
                           f"{selector_help}."),
         click.Option(["-o", "--output"], default=None, help="Output path (.apr, .safetensors, .gguf or a directory)."),
         click.Option(["--format", "fmt"], default=None, help="Output format (default: from the extension)."),
+        click.Option(["--force"], is_flag=True, help=FORCE_HELP),
         click.Option(["--plan"], is_flag=True, help="Print what would happen (sizes, memory) and exit."),
         *[click.Option([f"--{a}"], is_flag=True, help=f"Run the technique's {a} report; writes nothing.")
           for a in kind.actions],
@@ -261,15 +268,17 @@ def cli():
 @click.option("--revision", default=None, help="Hub revision for hf:// sources (or use hf://org/name@rev).")
 @click.option("--preserve-quant", is_flag=True, help="Keep GGUF k-quant blocks instead of dequantizing.")
 @click.option("--format", "fmt", default=None, help="Output format (default: from the extension).")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output on stderr.")
-def import_cmd(source, output, dtype, revision, preserve_quant, fmt, as_json, quiet):
+def import_cmd(source, output, dtype, revision, preserve_quant, fmt, force, as_json, quiet):
     """Import SOURCE (hf://org/name[@rev], a local HF directory, .safetensors, .gguf, .bin or a
     short name such as smollm2-135m) into an apr model file."""
     from . import pipeline
 
     ctx = _context(quiet)
     fmt_name = pipeline.output_format(output, fmt)
+    check_destination(output, [source], force)
     start = time.perf_counter()
     model = pipeline.load(source, revision=revision, preserve_quant=preserve_quant,
                           dtype=None if dtype == "auto" else pipeline.FLOAT_DTYPES.get(dtype.lower(), dtype))
@@ -292,14 +301,16 @@ def import_cmd(source, output, dtype, revision, preserve_quant, fmt, as_json, qu
 @click.option("--format", "fmt", required=True, help="hf, safetensors, gguf or apr.")
 @click.option("--dtype", default=None, help="gguf: f32, f16 (default), q8_0, q4_k or q6_k (llama.cpp's "
               "rules, see docs/quantize.md); others: f32, f16, bf16.")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output on stderr.")
-def export_cmd(model, output, fmt, dtype, as_json, quiet):
+def export_cmd(model, output, fmt, dtype, force, as_json, quiet):
     """Export MODEL to a Hugging Face directory, safetensors, GGUF or .apr."""
     from . import pipeline
 
     ctx = _context(quiet)
     fmt_name = pipeline.output_format(output, fmt)
+    check_destination(output, [model], force)
     m = pipeline.load(model)
     options: dict[str, Any] = {"progress": ctx.progress}
     if fmt_name == "gguf":
@@ -324,7 +335,7 @@ def inspect_cmd(model, as_json, show_tensors, no_verify):
     from . import pipeline
     from .inspect import describe
 
-    m = pipeline.load(model, verify=not no_verify)
+    m = pipeline.load(model, verify=not no_verify, check_tensors=False)  # stays instant: no torch
     info = describe(m, show_tensors, verified=not no_verify)
     if as_json:
         _emit_json(info)
@@ -360,6 +371,8 @@ def _eval_command() -> click.Command:
         technique = manager()[1].get("evaluate", task)
         given = {k: v for k, v in raw.items() if v is not None}
         technique.resolve_params(given)  # validate before loading anything
+        if threshold is not None and not math.isfinite(threshold):
+            raise AprError(f"--threshold must be a finite number, got {threshold}")
         m = pipeline.load(model)
         result = pipeline.evaluate(task, m, given, _context(quiet, seed=seed))
         failed = False
@@ -417,6 +430,7 @@ def plugins_cmd(as_json):
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors with exit code 2 for anything the user can fix."""
     args = sys.argv[1:] if argv is None else argv
+    previous = _catch_sigterm()
     try:
         code = cli.main(args=args, prog_name="apr", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -424,19 +438,36 @@ def main(argv: list[str] | None = None) -> None:
     except click.UsageError as exc:
         print(f"apr: error: {exc.format_message()}", file=sys.stderr)
         code = 2
-    except click.exceptions.Abort:
-        print("apr: aborted", file=sys.stderr)
-        code = 130
-    except KeyboardInterrupt:
-        print("apr: interrupted", file=sys.stderr)
-        code = 130
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        if isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated):
+            print("apr: terminated", file=sys.stderr)
+            code = 128 + signal.SIGTERM
+        else:
+            print(f"apr: {'aborted' if isinstance(exc, click.exceptions.Abort) else 'interrupted'}",
+                  file=sys.stderr)
+            code = 130
     except AprError as exc:
         print(f"apr: error: {exc}", file=sys.stderr)
         code = exc.exit_code
     except PluginError as exc:
         print(f"apr: plugin error: {exc}", file=sys.stderr)
         code = 3
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _catch_sigterm():
+    """Make SIGTERM raise `Terminated` (a KeyboardInterrupt), so atomic writes clean up as for
+    Ctrl-C; returns the previous handler (None where signals cannot be set: not the main thread)."""
+    def terminate(signum, frame):
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, terminate)
+    except ValueError:
+        return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -66,6 +66,9 @@ class RunContext:
     ``extra_inputs`` holds models a technique loads itself (a merge's
     ``--base-model``); `pipeline.transform` records them in provenance, with
     their hashes, after the positional inputs.
+
+    ``output_format`` is the format the result will be written in (``hf``,
+    ``apr`` ...), when known, so a report can describe what is written.
     """
 
     seed: int = 0
@@ -74,6 +77,7 @@ class RunContext:
     verbose: bool = False
     report: dict[str, Any] = field(default_factory=dict)
     extra_inputs: list[Any] = field(default_factory=list)
+    output_format: str | None = None
 
     def log(self, message: str) -> None:
         """A human-readable progress line on stderr (never stdout, which carries --json)."""
