@@ -64,6 +64,9 @@ class Layerwise:
 
         from apr_core.torch_bridge import meta_model
 
+        from .common import require_float
+
+        require_float(model)
         self.model = model
         self.dtype = getattr(torch, dtype)
         self.skeleton = meta_model(model.config)

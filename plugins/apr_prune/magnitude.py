@@ -11,7 +11,7 @@ from __future__ import annotations
 from apr_core.model import LazyTensor
 from apr_core.plugins import hookimpl
 
-from .common import PRUNE_KIND, SparsityTally, parse_pattern, prune_mask
+from .common import PRUNE_KIND, SparsityTally, parse_pattern, prune_mask, require_float
 from .sparse import SparsePruner
 
 
@@ -26,6 +26,7 @@ class Magnitude(SparsePruner):
         from .layerwise import layers_prefix
 
         model = inputs[0]
+        require_float(model)
         nm = parse_pattern(params["pattern"])
         prefix = layers_prefix(model.config)
         tally = SparsityTally(nm, params["target_ratio"], model.param_count, context.report)
