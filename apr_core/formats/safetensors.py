@@ -169,11 +169,13 @@ def write_safetensors(tensors: dict[str, LazyTensor], path: str | os.PathLike,
 
 def model_metadata(model) -> dict[str, str]:
     """The apr keys stored in ``__metadata__`` of a standalone safetensors export."""
+    from ..names import tokenizer_files
     from .apr import _encode_file
 
+    files = tokenizer_files(model.tokenizer, "model")
     meta = {"format": "pt", META_PREFIX + "config": json.dumps(model.config),
             META_PREFIX + "provenance": json.dumps(model.provenance),
-            META_PREFIX + "tokenizer": json.dumps({k: _encode_file(v) for k, v in model.tokenizer.items()})}
+            META_PREFIX + "tokenizer": json.dumps({k: _encode_file(v) for k, v in files.items()})}
     if model.generation_config is not None:
         meta[META_PREFIX + "generation_config"] = json.dumps(model.generation_config)
     return meta

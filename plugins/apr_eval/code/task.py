@@ -91,6 +91,7 @@ class CodeTask(EvaluateTechnique):
         strategy_of(params["prompt_strategy"])
         if params["exemplars"] and not Path(params["exemplars"]).is_file():
             raise AprError(f"no such exemplars file: {params['exemplars']}")
+        self.problems(params)  # a bad --data is one line before the model is even loaded
 
     def contract_params(self, workdir, inputs):
         return {"data": str(Path(__file__).resolve().parents[3] / "tests" / "data" / "mbpp-mini.jsonl"),
