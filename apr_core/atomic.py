@@ -136,15 +136,34 @@ def _dir_mode() -> int:
 
 # --------------------------------------------------------------------------- files
 
-@contextlib.contextmanager
-def atomic_file(dest: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Open a temporary file beside ``dest``; rename it to ``dest`` when the block succeeds."""
-    dest = Path(dest)
+def _temp_beside(dest: Path) -> tuple[Path, int, str]:
+    """(parent, fd, path) of a new temporary for ``dest``, after removing stale ones."""
     parent = _parent(dest)
     if dest.is_dir():
         raise AprError(f"cannot write {dest}: it is a directory")
     remove_stale(parent, _temp_prefix(dest))
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(dest) + owner_tag() + ".", suffix=".tmp", dir=parent)
+    return parent, fd, tmp
+
+
+def _commit(tmp: str, dest: Path, parent: Path) -> None:
+    os.replace(tmp, dest)
+    _fsync_dir(parent)
+
+
+def _discard(tmp: str, dest: Path, exc: BaseException) -> None:
+    """Remove the temporary; an OSError becomes a one-line `AprError` (the caller re-raises others)."""
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+    if isinstance(exc, OSError) and not isinstance(exc, AprError):
+        raise AprError(f"cannot write {dest}: {exc.strerror or exc}") from exc
+
+
+@contextlib.contextmanager
+def atomic_file(dest: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Open a temporary file beside ``dest``; rename it to ``dest`` when the block succeeds."""
+    dest = Path(dest)
+    parent, fd, tmp = _temp_beside(dest)
     f = os.fdopen(fd, "wb")
     try:
         yield f
@@ -152,14 +171,10 @@ def atomic_file(dest: str | os.PathLike) -> Iterator[BinaryIO]:
         os.fchmod(f.fileno(), _file_mode())
         os.fsync(f.fileno())
         f.close()
-        os.replace(tmp, dest)
-        _fsync_dir(parent)
+        _commit(tmp, dest, parent)
     except BaseException as exc:
         f.close()
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, AprError):
-            raise AprError(f"cannot write {dest}: {exc.strerror or exc}") from exc
+        _discard(tmp, dest, exc)
         raise
 
 
@@ -172,24 +187,16 @@ def write_bytes(dest: str | os.PathLike, data: bytes) -> None:
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """Like `atomic_file`, for writers that insist on opening a path themselves."""
     dest = Path(dest)
-    parent = _parent(dest)
-    if dest.is_dir():
-        raise AprError(f"cannot write {dest}: it is a directory")
-    remove_stale(parent, _temp_prefix(dest))
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(dest) + owner_tag() + ".", suffix=".tmp", dir=parent)
+    parent, fd, tmp = _temp_beside(dest)
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, _file_mode())
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-        _fsync_dir(parent)
+        _commit(tmp, dest, parent)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise AprError(f"cannot write {dest}: {exc.strerror or exc}") from exc
+        _discard(tmp, dest, exc)
         raise
 
 
@@ -233,12 +240,12 @@ def replace_problem(directory: str | os.PathLike) -> str | None:
 
 
 def check_destination(dest: str | os.PathLike | None, inputs: Iterable[str | os.PathLike | None] = (),
-                      force: bool = False) -> None:
+                      force: bool | None = False) -> None:
     """Refuse an output path that would destroy something, before any work starts.
 
     - the working directory, or one above it: refused (an output directory is replaced whole);
     - one of ``inputs`` (the same file, the input directory, or a directory holding an input):
-      refused unless ``force``;
+      refused unless ``force`` (None: the command has no --force, so always refused);
     - an existing directory apr did not write (see `replace_problem`): refused, ``force`` or not.
     """
     if dest is None:
@@ -257,7 +264,8 @@ def check_destination(dest: str | os.PathLike | None, inputs: Iterable[str | os.
         holds = path.is_dir() and resolved in Path(source).resolve().parents
         if (same or holds) and not force:
             raise AprError(f"output {dest} {'is' if same else 'contains'} the input {source}; writing it "
-                           f"would replace the input: choose another output, or pass --force")
+                           f"would replace the input: choose another output"
+                           f"{'' if force is None else ', or pass --force'}")
     if path.is_dir():
         problem = replace_problem(path)
         if problem:

@@ -81,11 +81,16 @@ def read_jsonl(path: str | os.PathLike, field: str = "text") -> list[str]:
 
 
 def _read_text(path: Path) -> str:
-    """A user's text file, as UTF-8; a file that is not is one error line naming the byte."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise AprError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return utf8_text(data, path)
+
+
+def utf8_text(data: bytes, path: str | os.PathLike) -> str:
+    """The bytes of a user's file ``path`` as UTF-8 text; if they are not, one error line naming
+    the line and byte."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -356,6 +356,11 @@ def test_results_path_that_is_a_directory_and_exit_2_leaves_no_results(tmp_path,
                                      "--results", str(tmp_path / "r" / "res.jsonl"), "--limit", "1"))
     assert "no chat template" in line
     assert not (tmp_path / "r").exists()
+    data = tmp_path / "problems.jsonl"
+    data.write_bytes((DATA / "mbpp-mini.jsonl").read_bytes())
+    line = one_error_line(_code_eval(src, data, "--results", str(data), "--no-resume"))
+    assert "is the input" in line and "--force" not in line
+    assert data.read_bytes() == (DATA / "mbpp-mini.jsonl").read_bytes()
 
 
 def test_pruning_a_quantized_model_is_one_line(tmp_path, seed):

@@ -18,6 +18,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from apr_core.corpora import utf8_text
 from apr_core.errors import AprError, first_line
 from apr_core.validate import json_type
 
@@ -57,11 +58,7 @@ def _read_text(path: Path) -> str:
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         what = "not a complete gzip file" if path.suffix == ".gz" else "cannot be read"
         raise AprError(f"{path}: {what} ({first_line(exc, 80)})") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise AprError(f"{path}:{line}: not UTF-8 text") from None
+    return utf8_text(data, path)
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:

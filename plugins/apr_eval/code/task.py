@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from apr_core.atomic import check_destination
 from apr_core.errors import AprError
 from apr_core.params import Param
 from apr_core.technique import EvaluateTechnique
@@ -115,6 +116,7 @@ class CodeTask(EvaluateTechnique):
         header = self._header(model, params, source, chat, context.seed)
         results_path = params["results"] or os.path.join(
             "runs", "eval", f"{self.name}-{hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:12]}.jsonl")
+        check_destination(results_path, [source, params["exemplars"], *model.files], force=None)
         store = SampleStore(results_path, header, resume=params["resume"])
         pending = [(p, s) for p in problems for s in range(params["samples"]) if not store.has(p.task_id, s)]
         if len(pending) < len(problems) * params["samples"]:
