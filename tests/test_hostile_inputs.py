@@ -256,6 +256,13 @@ def test_garbage_tokenizer_inside_a_model_is_one_line(tmp_path, seed, entry, nee
     assert needle in one_error_line(run_apr("inspect", str(bad)))
 
 
+@pytest.mark.parametrize("edit", [lambda m: m["custom"].update(hf_config=[1]), lambda m: m.update(custom="x")])
+def test_apr_config_of_the_wrong_json_type_is_one_line(tmp_path, seed, edit):
+    bad = tmp_path / "c.apr"
+    bad.write_bytes(apr_with_metadata(seed["apr"], edit))
+    assert "custom.hf_config is not an object" in one_error_line(run_apr("inspect", str(bad)))
+
+
 def test_garbage_files_inside_an_hf_directory_are_one_line(tmp_path, seed):
     hf = Path(pipeline.save(seed["model"], str(tmp_path / "hf"), "hf"))
     (hf / "tokenizer_config.json").write_bytes(b"\xff\xfe{}")

@@ -318,9 +318,12 @@ def _parse(path: str, mm: mmap.mmap, size: int, verify: bool) -> Model:
         spec = TensorSpec(name, dt.name, shape)
         tensors[name] = LazyTensor(spec, _viewer(mm, data_off + off, nbytes, spec))
 
-    custom = meta.get("custom") if isinstance(meta.get("custom"), dict) else {}
-    config = custom.get("hf_config") if isinstance(custom.get("hf_config"), dict) else None
-    if config is None:
+    custom = meta.get("custom")
+    custom = {} if custom is None else custom
+    if not isinstance(custom, dict) or not isinstance(custom.get("hf_config") or {}, dict):
+        raise _corrupt(path, "metadata: custom or custom.hf_config is not an object")
+    config = custom.get("hf_config")
+    if config is None:  # written by the Rust tool: only its typed keys
         config = _config_from_typed_keys(meta)
     tok_files = custom.get("tokenizer_files") or {}
     if not isinstance(tok_files, dict):
