@@ -216,7 +216,13 @@ def _entries(directory: Path) -> list[str]:
             if p.is_symlink():
                 out.append((rel / d).as_posix())
                 dirs.remove(d)
-            elif not any(p.iterdir()):
+                continue
+            try:
+                with os.scandir(p) as it:
+                    empty = next(it, None) is None
+            except OSError as exc:
+                unreadable(exc)
+            if empty:
                 out.append((rel / d).as_posix() + "/")
         out.extend((rel / f).as_posix() for f in files)
     return sorted(out)

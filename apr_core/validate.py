@@ -61,12 +61,12 @@ def check_config(config: Any, where: str) -> None:
 
 
 def _check_level(cfg: dict[str, Any], where: str, prefix: str) -> None:
-    for key in ("model_type",):
-        if cfg.get(key) is not None and not (isinstance(cfg[key], str) and cfg[key]):
-            raise _bad(where, f"{prefix} {key} = {cfg[key]!r} is not a name")
+    kind = cfg.get("model_type")
+    if kind is not None and not (isinstance(kind, str) and kind):
+        raise _bad(where, f"{prefix} model_type = {_short(kind)} is not a name")
     archs = cfg.get("architectures")
     if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
-        raise _bad(where, f"{prefix} architectures = {archs!r} is not a list of class names")
+        raise _bad(where, f"{prefix} architectures = {_short(archs)} is not a list of class names")
     for key in POSITIVE_INTS:
         v = cfg.get(key)
         if v is None:
