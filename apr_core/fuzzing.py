@@ -313,19 +313,16 @@ def mutate_hf_dir(rng: random.Random, src: Path, dest: Path) -> None:
             cfg[rng.choice(CONFIG_FIELDS)] = rng.choice(HOSTILE_VALUES)
         (dest / "config.json").write_text(json.dumps(cfg))
     elif kind == "index":
-        weights = dest / "model.safetensors"
+        tensors = [t for t in safetensors_parts((dest / "model.safetensors").read_bytes())[0] if t != "__metadata__"]
         shard = rng.choice(("model-00001.safetensors", "../model.safetensors", "/etc/passwd", "", 5, None,
-                            "a\x00.safetensors", "Model.safetensors"))
-        name = shard if isinstance(shard, str) and shard and "/" not in shard and "\x00" not in shard \
-            and shard != "Model.safetensors" else "unused.safetensors"
-        if name != "unused.safetensors":
-            weights.rename(dest / name)
-        header, _ = safetensors_parts((dest / name).read_bytes() if (dest / name).exists() else b"\x02\x00\x00"
-                                      b"\x00\x00\x00\x00\x00{}")
-        index = {"weight_map": {t: shard for t in header if t != "__metadata__"}}
+                            "a\x00.safetensors", "Model.safetensors", "missing.safetensors"))
+        if shard == "model-00001.safetensors":  # a valid one-shard checkpoint
+            (dest / "model.safetensors").rename(dest / shard)
+        weight_map: Any = {t: shard for t in tensors}
         if rng.random() < 0.3:
-            index = rng.choice(({"weight_map": [1]}, [1], {"weight_map": {"a": "model.safetensors",
-                                                                          "b": "MODEL.safetensors"}}))
+            weight_map = rng.choice(([1], {"a": "model.safetensors", "b": "MODEL.safetensors"},
+                                     {tensors[0]: "model.safetensors"}))
+        index = {"weight_map": weight_map} if rng.random() < 0.9 else [weight_map]
         (dest / "model.safetensors.index.json").write_text(json.dumps(index))
     elif kind == "tokenizer":
         target = dest / rng.choice(("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"))
