@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -19,11 +20,12 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import AprError, PluginError
+from .errors import AprError, PluginError, Terminated
 from .params import Param
 from .technique import Kind, RunContext
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+FORCE_HELP = "Let -o name an input and replace it (a directory only if apr wrote it)."
 
 
 def _emit_json(data: Any) -> None:
@@ -101,7 +103,7 @@ def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
     selector_help = "; ".join(f"{n}: {techniques[n].technique.summary}" for n in names)
 
     def callback(models, as_json, seed, quiet, verbose, device, compute_dtype, output=None, fmt=None,
-                 plan=False, nproc=None, **raw):
+                 plan=False, force=False, nproc=None, **raw):
         from . import pipeline
 
         if nproc and nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -122,7 +124,7 @@ def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
             report = (pipeline.action(kind.name, name, actions[0], list(models), raw, ctx) if actions
                       else pipeline.plan(kind.name, name, list(models), raw, ctx))
             return _emit_json(report) if as_json else _print_plan(report)
-        result = pipeline.run(kind.name, name, list(models), raw, output, fmt, ctx)
+        result = pipeline.run(kind.name, name, list(models), raw, output, fmt, ctx, force=force)
         if not pipeline.is_main_process():
             return None  # under torchrun only rank 0 reports
         if not kind.writes:
@@ -147,6 +149,7 @@ def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
             click.Option(["-o", "--output"], default=None,
                          help="Output path (.apr, .safetensors, .gguf or a directory)."),
             click.Option(["--format", "fmt"], default=None, help="Output format (default: from the extension)."),
+            click.Option(["--force"], is_flag=True, help=FORCE_HELP),
             click.Option(["--plan"], is_flag=True, help="Print what would happen (sizes, memory) and exit."),
         ]
     params += [
@@ -172,6 +175,12 @@ def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
     params.extend(o for o in options if o.name not in taken)
     return click.Command(kind.command_name, callback=callback, params=params, help=kind.help,
                          context_settings=CONTEXT, no_args_is_help=True)
+
+
+def _check_destination(output, inputs, force) -> None:
+    from .atomic import check_destination
+
+    check_destination(output, inputs, force)
 
 
 _ARGS: list[str] = []
@@ -286,15 +295,17 @@ def cli(ctx, device, dtype):
 @click.option("--revision", default=None, help="Hub revision for hf:// sources (or use hf://org/name@rev).")
 @click.option("--preserve-quant", is_flag=True, help="Keep GGUF k-quant blocks instead of dequantizing.")
 @click.option("--format", "fmt", default=None, help="Output format (default: from the extension).")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output on stderr.")
-def import_cmd(source, output, dtype, revision, preserve_quant, fmt, as_json, quiet):
+def import_cmd(source, output, dtype, revision, preserve_quant, fmt, force, as_json, quiet):
     """Import SOURCE (hf://org/name[@rev], a local HF directory, .safetensors, .gguf, .bin or a
     short name such as smollm2-135m) into an apr model file."""
     from . import pipeline
 
     ctx = RunContext(quiet=quiet)
     fmt_name = pipeline.output_format(output, fmt)
+    _check_destination(output, [source], force)
     start = time.perf_counter()
     model = pipeline.load(source, revision=revision, preserve_quant=preserve_quant,
                           dtype=None if dtype == "auto" else pipeline.FLOAT_DTYPES.get(dtype.lower(), dtype))
@@ -317,14 +328,16 @@ def import_cmd(source, output, dtype, revision, preserve_quant, fmt, as_json, qu
 @click.option("--format", "fmt", required=True, help="hf, safetensors, gguf or apr.")
 @click.option("--dtype", default=None, help="gguf: f32, f16 (default), q8_0, q4_k or q6_k (llama.cpp's "
               "rules, see docs/quantize.md); others: f32, f16, bf16.")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output on stderr.")
-def export_cmd(model, output, fmt, dtype, as_json, quiet):
+def export_cmd(model, output, fmt, dtype, force, as_json, quiet):
     """Export MODEL to a Hugging Face directory, safetensors, GGUF or .apr."""
     from . import pipeline
 
     ctx = RunContext(quiet=quiet)
     fmt_name = pipeline.output_format(output, fmt)
+    _check_destination(output, [model], force)
     m = pipeline.load(model)
     options: dict[str, Any] = {"progress": ctx.progress}
     if fmt_name == "gguf":
@@ -349,7 +362,7 @@ def inspect_cmd(model, as_json, show_tensors, no_verify):
     from . import pipeline
     from .inspect import describe
 
-    m = pipeline.load(model, verify=not no_verify)
+    m = pipeline.load(model, verify=not no_verify, check_tensors=False)  # stays instant: no torch
     info = describe(m, show_tensors, verified=not no_verify)
     if as_json:
         _emit_json(info)
@@ -396,6 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors with exit code 2 for anything the user can fix."""
     args = sys.argv[1:] if argv is None else argv
     _ARGS[:] = args
+    previous = _catch_sigterm()
     try:
         code = cli.main(args=args, prog_name="apr", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -403,19 +417,36 @@ def main(argv: list[str] | None = None) -> None:
     except click.UsageError as exc:
         print(f"apr: error: {exc.format_message()}", file=sys.stderr)
         code = 2
-    except click.exceptions.Abort:
-        print("apr: aborted", file=sys.stderr)
-        code = 130
-    except KeyboardInterrupt:
-        print("apr: interrupted", file=sys.stderr)
-        code = 130
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        if isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated):
+            print("apr: terminated", file=sys.stderr)
+            code = 128 + signal.SIGTERM
+        else:
+            print(f"apr: {'aborted' if isinstance(exc, click.exceptions.Abort) else 'interrupted'}",
+                  file=sys.stderr)
+            code = 130
     except AprError as exc:
         print(f"apr: error: {exc}", file=sys.stderr)
         code = exc.exit_code
     except PluginError as exc:
         print(f"apr: plugin error: {exc}", file=sys.stderr)
         code = 3
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _catch_sigterm():
+    """Make SIGTERM raise `Terminated` (a KeyboardInterrupt), so atomic writes clean up as for
+    Ctrl-C; returns the previous handler (None where signals cannot be set: not the main thread)."""
+    def terminate(signum, frame):
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, terminate)
+    except ValueError:
+        return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,7 +21,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import AprError
+from .errors import AprError, first_line
 
 EVAL_CODE_FILES = ("textwrap.py", "fractions.py", "heapq.py", "graphlib.py", "shlex.py", "statistics.py",
                    "queue.py", "calendar.py", "csv.py", "sched.py")
@@ -68,20 +68,37 @@ def read_jsonl(path: str | os.PathLike, field: str = "text") -> list[str]:
     """The ``field`` of every line of a jsonl file; a bad line is an error naming its number."""
     path = Path(path)
     docs = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise AprError(f"{path}:{lineno}: not valid JSON") from None
-            if not isinstance(row, dict) or not isinstance(row.get(field), str):
-                raise AprError(f"{path}:{lineno}: no string field {field!r} (use --text-field)")
-            docs.append(row[field])
+    for lineno, line in enumerate(_read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            raise AprError(f"{path}:{lineno}: not valid JSON") from None
+        if not isinstance(row, dict) or not isinstance(row.get(field), str):
+            raise AprError(f"{path}:{lineno}: no string field {field!r} (use --text-field)")
+        docs.append(row[field])
     if not docs:
         raise AprError(f"{path}: no records; the file is empty")
     return docs
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise AprError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return utf8_text(data, path)
+
+
+def utf8_text(data: bytes, path: str | os.PathLike) -> str:
+    """The bytes of a user's file ``path`` as UTF-8 text; if they are not, one error line naming
+    the line and byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise AprError(f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})") from None
 
 
 def _read_parquet(path: Path, field: str) -> list[str]:
@@ -89,22 +106,62 @@ def _read_parquet(path: Path, field: str) -> list[str]:
         import pyarrow.parquet as pq
     except ImportError:
         raise AprError(f"{path}: reading parquet needs pyarrow: pip install 'apr[eval]'") from None
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError ... for files it cannot read
+        raise AprError(f"{path}: not a readable parquet file: {first_line(exc)}") from None
     if field not in table.column_names:
         raise AprError(f"{path}: no column {field!r} (columns: {', '.join(table.column_names)})")
     return [str(x) for x in table.column(field).to_pylist()]
 
 
-def _wikitext2() -> Corpus:
-    try:
-        from huggingface_hub import hf_hub_download
+WIKITEXT2 = ("Salesforce/wikitext", "wikitext-2-raw-v1/test-00000-of-00001.parquet")
+_OFFLINE = ("wikitext-2 is not available offline{why}: pass the file instead "
+            "(--dataset wiki.test.raw, or a jsonl/parquet with a text column)")
 
-        path = hf_hub_download("Salesforce/wikitext", "wikitext-2-raw-v1/test-00000-of-00001.parquet",
-                               repo_type="dataset")
-    except Exception:  # offline, blocked or missing: all mean the same to the user
-        raise AprError("wikitext-2 is not available offline: pass the file instead "
-                       "(--dataset wiki.test.raw, or a jsonl/parquet with a text column)") from None
+
+def _wikitext2() -> Corpus:
+    """The WikiText-2 test split: from the Hugging Face cache, else downloaded when the Hub is
+    reachable. Offline (HF_HUB_OFFLINE, or the Hub's host does not answer within seconds) it fails
+    at once, before huggingface_hub's retries would print a dozen lines over half a minute."""
+    import logging
+
+    from huggingface_hub import constants, hf_hub_download
+
+    try:
+        path = hf_hub_download(*WIKITEXT2, repo_type="dataset", local_files_only=True)
+    except Exception:  # not in the cache (huggingface_hub raises several types for that)
+        path = None
+    if path is None:
+        if constants.HF_HUB_OFFLINE:
+            raise AprError(_OFFLINE.format(why=" (HF_HUB_OFFLINE is set and it is not in the cache)"))
+        if not _reachable(constants.ENDPOINT):
+            raise AprError(_OFFLINE.format(why=f" ({constants.ENDPOINT} is unreachable and it is not in "
+                                               f"the cache)"))
+        hub_log = logging.getLogger("huggingface_hub")
+        level = hub_log.level
+        hub_log.setLevel(logging.ERROR)  # retry notices would break the one-line error
+        try:
+            path = hf_hub_download(*WIKITEXT2, repo_type="dataset")
+        except Exception:  # blocked, gated or gone mid-way: all mean the same to the user
+            raise AprError(_OFFLINE.format(why="")) from None
+        finally:
+            hub_log.setLevel(level)
     return Corpus("wikitext-2", _read_parquet(Path(path), "text"))
+
+
+def _reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``endpoint``'s host opens within ``timeout`` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    try:
+        with socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)),
+                                      timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def load_corpus(name_or_path: str, text_field: str = "text") -> Corpus:
@@ -116,10 +173,7 @@ def load_corpus(name_or_path: str, text_field: str = "text") -> Corpus:
             return Corpus(path.name, read_jsonl(path, text_field))
         if path.suffix == ".parquet":
             return Corpus(path.name, _read_parquet(path, text_field))
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise AprError(f"{path}: not UTF-8 text") from None
+        text = _read_text(path)
         if not text.strip():
             raise AprError(f"{path}: the file is empty")
         return Corpus(path.name, [text])

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from .errors import CorruptFileError
 
 
+MAX_ELEMENTS = 1 << 62
+
+
 @dataclass(frozen=True)
 class DType:
     name: str  # GGML-style name: F32, F16, BF16, Q4_K ...
@@ -30,10 +33,17 @@ class DType:
         return self.torch_name is None
 
     def nbytes(self, shape: tuple[int, ...]) -> int:
-        """Bytes needed for a tensor of `shape`; blocks run along the last dimension."""
+        """Bytes needed for a tensor of `shape`; blocks run along the last dimension.
+
+        A shape torch could not hold (a dimension, or the product of the non-zero ones,
+        of 2**62 or more, even next to a zero) is a `CorruptFileError`."""
         n = 1
+        extent = 1
         for d in shape:
             n *= int(d)
+            extent *= max(int(d), 1)
+        if extent >= MAX_ELEMENTS or any(int(d) < 0 for d in shape):
+            raise CorruptFileError(f"shape {list(shape)} is too large or negative")
         if self.block_size == 1:
             rows = n // int(shape[-1]) if shape and int(shape[-1]) else (1 if not shape else 0)
             return self.prefix_bytes + rows * self.row_prefix_bytes + n * self.type_size

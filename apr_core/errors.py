@@ -22,5 +22,19 @@ class UpToDate(Exception):
     nothing; the command exits 0."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so every atomic write removes its temporary."""
+
+
 class PluginError(Exception):
     """A plugin broke the contract (duplicate technique name, bad parameter declaration)."""
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (with the next one if it ends in a colon; the
+    type name if there is no message), for one-line errors that wrap a library's exception."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0] + (" " + lines[1] if lines[0].endswith(":") and len(lines) > 1 else "")
+    return text[:limit]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import __version__
 from .dtypes import DType, by_name
+from .names import TOKENIZER_FILES  # noqa: F401  (the allow-list; re-exported for readers)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -72,17 +73,6 @@ class LazyTensor:
         return f"LazyTensor({self.spec.name}, {self.spec.dtype}, {list(self.spec.shape)})"
 
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-)
 
 
 @dataclass

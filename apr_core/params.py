@@ -13,8 +13,8 @@ from typing import Any
 
 from .errors import AprError
 
-TYPES = ("float", "int", "str", "bool", "choice", "floats", "path")
-_METAVARS = {"float": "FLOAT", "int": "INT", "str": "TEXT", "floats": "A,B,...", "path": "PATH"}
+TYPES = ("float", "int", "str", "bool", "choice", "floats", "ints", "path")
+_METAVARS = {"float": "FLOAT", "int": "INT", "str": "TEXT", "floats": "A,B,...", "ints": "A,B,...", "path": "PATH"}
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Param:
     """One declared parameter of a technique.
 
     ``min``/``max`` bound numeric values (each inclusive unless the matching
-    ``*_exclusive`` flag is set); for ``floats`` they bound every element.
+    ``*_exclusive`` flag is set); for ``floats`` and ``ints`` they bound every element.
     """
 
     name: str
@@ -85,8 +85,8 @@ class Param:
         try:
             value = self._convert(raw)
         except (TypeError, ValueError):
-            raise AprError(f"{self.cli_flag}: {raw!r} is not a valid {self.type}"
-                           f"{' (comma-separated numbers)' if self.type == 'floats' else ''}") from None
+            raise AprError(f"{self.cli_flag}: {raw!r} is not {_TYPE_TEXT.get(self.type, 'a valid ' + self.type)}"
+                           ) from None
         self._check(value)
         return value
 
@@ -98,9 +98,7 @@ class Param:
                 raise ValueError
             return v
         if t == "int":
-            if isinstance(raw, float) and not raw.is_integer():
-                raise ValueError
-            return int(raw)
+            return _integer(raw)
         if t == "bool":
             if isinstance(raw, str):
                 low = raw.lower()
@@ -110,9 +108,10 @@ class Param:
                     return False
                 raise ValueError
             return bool(raw)
-        if t == "floats":
+        if t in ("floats", "ints"):
             items = raw.split(",") if isinstance(raw, str) else list(raw)
-            vals = [float(x) for x in items if str(x).strip() != ""]
+            items = [x for x in items if str(x).strip() != ""]
+            vals = [float(x) for x in items] if t == "floats" else [_integer(x) for x in items]
             if not vals or not all(math.isfinite(v) for v in vals):
                 raise ValueError
             return tuple(vals)
@@ -121,12 +120,29 @@ class Param:
     def _check(self, value: Any) -> None:
         if self.type == "choice" and value not in self.choices:
             raise AprError(f"{self.cli_flag}: {value!r} is not one of {', '.join(self.choices)}")
-        nums = value if self.type == "floats" else (value,) if self.type in ("float", "int") else ()
+        nums = value if self.type in ("floats", "ints") else (value,) if self.type in ("float", "int") else ()
         for v in nums:
             low_bad = self.min is not None and (v <= self.min if self.min_exclusive else v < self.min)
             high_bad = self.max is not None and (v >= self.max if self.max_exclusive else v > self.max)
             if low_bad or high_bad:
                 raise AprError(f"{self.cli_flag} must be in {self.range_text()}, got {_fmt(v)}")
+
+
+_TYPE_TEXT = {"int": "a whole number", "floats": "a valid floats (comma-separated numbers)",
+              "ints": "a list of whole numbers (comma-separated)"}
+
+
+def _integer(raw: Any) -> int:
+    """A whole number from a CLI string or a Python number; ``1.5`` is refused, not truncated."""
+    if isinstance(raw, bool):
+        raise ValueError
+    if isinstance(raw, float):
+        if not raw.is_integer():
+            raise ValueError
+        return int(raw)
+    if isinstance(raw, int):
+        return raw
+    return int(str(raw).strip())
 
 
 def _fmt(v: Any) -> str:

@@ -26,6 +26,7 @@ from .errors import AprError, UpToDate
 from .model import LazyTensor, Model, TensorSpec
 from .plugins import manager
 from .technique import EvaluateTechnique, Kind, RunContext, TransformTechnique
+from .validate import check_model
 
 EXTENSIONS = {".apr": "apr", ".safetensors": "safetensors", ".gguf": "gguf"}
 FLOAT_DTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "float32": "F32", "float16": "F16",
@@ -36,12 +37,14 @@ def load(source: str, **options: Any) -> Model:
     """Open a model through the first plugin that recognises ``source``."""
     pm, _ = manager()
     options.setdefault("verify", True)
+    check_tensors = options.pop("check_tensors", True)  # False: config and tokenizer only (no torch)
     model = pm.hook.apr_load_model(source=str(source), options=options)
     if model is None:
         if not os.path.exists(source):
             raise AprError(f"no such file or model: {source}")
         raise AprError(f"{source}: unknown model format (expected .apr, .safetensors, .gguf, "
                        f".bin, a Hugging Face directory or hf://org/name)")
+    check_model(model, tensors=check_tensors)
     return model
 
 
@@ -167,12 +170,15 @@ def _evaluate(technique: EvaluateTechnique, model: Model, params: dict[str, Any]
 
 
 def run(kind_name: str, name: str | None, sources: list[str], raw_params: dict[str, Any] | None = None,
-        output: str | None = None, fmt: str | None = None, context: RunContext | None = None) -> dict[str, Any]:
+        output: str | None = None, fmt: str | None = None, context: RunContext | None = None,
+        force: bool = False) -> dict[str, Any]:
     """Run one technique as its command does and return the summary (or, for an evaluation,
     the result record with ``passed`` when a threshold was given).
 
-    Every name, count and parameter is validated before any model is loaded, and nothing is
-    written before the transform succeeds.
+    Every name, count and parameter is validated before any model is loaded, the output is
+    checked not to destroy an input or a directory apr did not write (``force`` allows replacing
+    an input, `apr_core.atomic.check_destination`), and nothing is written before the transform
+    succeeds.
     """
     context = context or RunContext()
     kind_, technique, params = _prepare(kind_name, name, sources, raw_params)
@@ -181,6 +187,10 @@ def run(kind_name: str, name: str | None, sources: list[str], raw_params: dict[s
     if not output:
         raise AprError(f"apr {kind_.command_name} needs -o/--output (or --plan)")
     fmt_name = output_format(output, fmt or technique.default_format(output))
+    from .atomic import check_destination
+
+    paths = [params.get(p.name) for p in technique.params + kind_.options if p.type == "path"]
+    check_destination(output, [*sources, *paths], force)
     context.output, context.output_format = output, fmt_name
     start = time.perf_counter()
     try:

@@ -5,7 +5,9 @@ decoder layer's weights at a time. Holding them all in RAM would make peak
 memory a whole model; instead each batch is written to a safetensors file in
 a private temporary directory and handed back as memory-mapped `LazyTensor`s.
 The directory lives as long as the `TensorSpill` object (keep it in
-``Model.keepalive``) and is removed when it is garbage collected.
+``Model.keepalive``) and is removed when it is garbage collected; one a killed
+run left behind (``apr-spill-apr<pid>-<host>-*`` of a process that is gone) is
+removed by the next spill.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from .atomic import owner_tag, remove_stale
 from .model import LazyTensor
 
 
 class TensorSpill:
     def __init__(self, prefix: str = "apr-spill-") -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix=prefix)
+        remove_stale(tempfile.gettempdir(), prefix, suffixes=("",))
+        self._dir = tempfile.TemporaryDirectory(prefix=f"{prefix}{owner_tag()}-")
         self._maps: list = []
         self._count = 0
 

@@ -100,6 +100,8 @@ class RunContext:
     it must be deterministic (no timings). ``extra_inputs`` holds models a technique
     loads itself (a merge's ``--base-model``); `pipeline.transform` records
     them in provenance, with their hashes, after the positional inputs.
+    ``output_format`` is the format the result will be written in (``hf``,
+    ``apr`` ...), when known, so a technique can check and describe what is written.
     """
 
     seed: int = 0

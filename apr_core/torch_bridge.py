@@ -14,8 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import AprError
+from .errors import AprError, first_line
 from .model import Model
+from .names import tokenizer_files, write_into
 
 
 @contextlib.contextmanager
@@ -80,10 +81,16 @@ def _parameters_on_meta():
         torch.nn.Module.register_parameter = original
 
 
-def meta_model(config: dict[str, Any]):
-    """An instance of the model class whose parameters take no memory (names, shapes, buffers)."""
+def meta_model(config: dict[str, Any], buffers: bool = True):
+    """An instance of the model class whose parameters take no memory (names, shapes, buffers).
+
+    With ``buffers=False`` the buffers (rotary tables) are on the meta device too, so nothing
+    at all is allocated whatever sizes the config claims: for checking shapes only."""
+    import torch
+
     cls = causal_lm_class(config)
-    with _parameters_on_meta(), quiet_transformers():
+    place = _parameters_on_meta() if buffers else torch.device("meta")
+    with place, quiet_transformers():
         return cls(hf_config(config))
 
 
@@ -137,9 +144,12 @@ def load_tokenizer(model: Model):
     if not model.tokenizer:
         raise AprError(f"{model.source}: model has no tokenizer files")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, data in model.tokenizer.items():
-            (Path(tmp) / name).write_bytes(data)
-        if "config.json" not in model.tokenizer:
-            (Path(tmp) / "config.json").write_text(json.dumps(model.config))
+        for name, data in tokenizer_files(model.tokenizer, str(model.source)).items():
+            write_into(tmp, name, data, str(model.source))
+        (Path(tmp) / "config.json").write_text(json.dumps(model.config))
         with quiet_transformers():
-            return AutoTokenizer.from_pretrained(tmp)
+            try:
+                return AutoTokenizer.from_pretrained(tmp)
+            except Exception as exc:  # transformers raises many types for files it cannot use
+                raise AprError(f"{model.source}: its tokenizer files do not load in transformers: "
+                               f"{first_line(exc)}") from None

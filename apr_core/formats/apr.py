@@ -28,6 +28,7 @@ from . import map_file
 from ..dtypes import BY_APR_ID
 from ..errors import AprError, CorruptFileError
 from ..model import LazyTensor, Model, TensorSpec
+from ..names import tokenizer_files
 
 MAGIC = b"APR\x00"
 HEADER = struct.Struct("<4sBBHIQIQQI20s")  # 64 bytes
@@ -103,7 +104,8 @@ def build_metadata(model: Model) -> dict[str, Any]:
         "hf_config": model.config,
         "generation_config": model.generation_config,
         "provenance": model.provenance,
-        "tokenizer_files": {name: _encode_file(data) for name, data in sorted(model.tokenizer.items())},
+        "tokenizer_files": {name: _encode_file(data)
+                            for name, data in sorted(tokenizer_files(model.tokenizer, "model").items())},
     }
     custom.update(_rust_vocab(model))
     meta["custom"] = custom
@@ -305,7 +307,7 @@ def _parse(path: str, mm: mmap.mmap, size: int, verify: bool) -> Model:
         sha = None
     try:
         meta = json.loads(bytes(mm[meta_off:meta_off + meta_size]).rstrip(b"\x00").decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise _corrupt(path, f"metadata is not valid UTF-8 JSON ({exc.__class__.__name__})") from None
     if not isinstance(meta, dict):
         raise _corrupt(path, "metadata is not a JSON object")
@@ -316,15 +318,18 @@ def _parse(path: str, mm: mmap.mmap, size: int, verify: bool) -> Model:
         spec = TensorSpec(name, dt.name, shape)
         tensors[name] = LazyTensor(spec, _viewer(mm, data_off + off, nbytes, spec))
 
-    custom = meta.get("custom") if isinstance(meta.get("custom"), dict) else {}
-    config = custom.get("hf_config") if isinstance(custom.get("hf_config"), dict) else None
-    if config is None:
+    custom = meta.get("custom")
+    custom = {} if custom is None else custom
+    if not isinstance(custom, dict) or not isinstance(custom.get("hf_config") or {}, dict):
+        raise _corrupt(path, "metadata: custom or custom.hf_config is not an object")
+    config = custom.get("hf_config")
+    if config is None:  # written by the Rust tool: only its typed keys
         config = _config_from_typed_keys(meta)
     tok_files = custom.get("tokenizer_files") or {}
     if not isinstance(tok_files, dict):
         raise _corrupt(path, "metadata: tokenizer_files is not an object")
     try:
-        tokenizer = {str(k): _decode_file(v) for k, v in tok_files.items()}
+        tokenizer = tokenizer_files({k: _decode_file(v) for k, v in tok_files.items()}, "metadata")
     except CorruptFileError as exc:
         raise _corrupt(path, str(exc)) from None
     if "chat_template" in meta and "chat_template.jinja" not in tokenizer:

@@ -19,8 +19,10 @@ from typing import Any
 
 from ..atomic import atomic_path
 from ..dtypes import BY_GGUF_ID, by_name
-from ..errors import AprError, CorruptFileError
+from ..errors import AprError, CorruptFileError, first_line
 from ..model import LazyTensor, Model, TensorSpec
+from ..names import tokenizer_files
+from ..validate import check_config
 
 # HF model_type -> GGUF architecture name
 GGUF_ARCH = {
@@ -98,10 +100,18 @@ def read_gguf(path: str | os.PathLike, dtype: str | None = None, preserve_quant:
         reader = gguf.GGUFReader(path)
         arch = str(_read_field(reader, "general.architecture"))
     except Exception as exc:  # gguf-py raises ValueError, struct.error, IndexError... on bad files
-        raise CorruptFileError(f"{path}: corrupt GGUF file: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}") from None
+        raise CorruptFileError(f"{path}: corrupt GGUF file: {first_line(exc)}") from None
+    _check_layout(reader, path)
     config, tokenizer, gen = _config_and_tokenizer(path)
+    check_config(config, path)
     n_blocks = int(config.get("num_hidden_layers") or 0)
-    hf_names = _hf_param_names(config)
+    try:
+        hf_names = _hf_param_names(config)
+    except AprError:
+        raise
+    except Exception as exc:  # transformers' module constructors reject odd values with many types
+        raise CorruptFileError(f"{path}: the GGUF's architecture keys do not make a valid model: "
+                               f"{first_line(exc)}") from None
     to_gguf = hf_to_gguf_names(hf_names, arch, n_blocks)
     to_hf = {g: h for h, g in to_gguf.items()}
     tensors: dict[str, LazyTensor] = {}
@@ -119,6 +129,50 @@ def read_gguf(path: str | os.PathLike, dtype: str | None = None, preserve_quant:
                  source=path, files=(path,), keepalive=reader)
 
 
+GGML_MAX_DIMS = 4
+
+
+def _check_layout(reader, path: str) -> None:
+    """What gguf-py leaves unchecked: every tensor has a name, at most 4 dims whose product does
+    not overflow, an aligned range inside the file that overlaps no other tensor; the padding
+    before the data is zeros and at most one alignment unit follows the last tensor (so a tensor
+    count that disagrees with the tensor infos cannot shift every tensor's data unnoticed)."""
+    bad = f"{path}: corrupt GGUF file"
+    size = int(reader.data.shape[0])
+    align = int(reader.alignment)
+    base = int(reader.data_offset)
+    spans = []
+    for t in reader.tensors:
+        dims = [int(d) for d in t.shape.tolist()]
+        if not t.name:
+            raise CorruptFileError(f"{bad}: a tensor has an empty name (the tensor count may be wrong)")
+        if not 1 <= len(dims) <= GGML_MAX_DIMS:
+            raise CorruptFileError(f"{bad}: tensor {t.name!r} has {len(dims)} dims (1 to {GGML_MAX_DIMS})")
+        numel = 1
+        for d in dims:
+            numel *= d
+        if numel != int(t.n_elements) or numel >= 1 << 62:
+            raise CorruptFileError(f"{bad}: tensor {t.name!r} has shape {dims}, too large")
+        start, end = int(t.data_offset), int(t.data_offset) + int(t.n_bytes)
+        if (start - base) % align or not base <= start <= end <= size:
+            raise CorruptFileError(f"{bad}: tensor {t.name!r} lies outside the data section or off its "
+                                   f"{align}-byte alignment")
+        spans.append((start, end, t.name))
+    last = base
+    for start, end, name in sorted(spans):
+        if start < last and end > start:
+            raise CorruptFileError(f"{bad}: tensor {name!r} overlaps another tensor's data")
+        last = max(last, end)
+    fields = [*reader.fields.values(), *(t.field for t in reader.tensors)]
+    infos_end = max((int(f.offset) + sum(int(p.nbytes) for p in f.parts) for f in fields), default=0)
+    if infos_end > base or any(reader.data[infos_end:base]):
+        raise CorruptFileError(f"{bad}: unexpected bytes between the tensor infos and the data "
+                               f"(the tensor count {len(reader.tensors)} does not match the infos)")
+    if size - last >= align and spans:
+        raise CorruptFileError(f"{bad}: {size - last} bytes follow the last tensor's data (the tensor "
+                               f"count {len(reader.tensors)} does not match the infos, or data was appended)")
+
+
 def _config_and_tokenizer(path: str):
     import logging
 
@@ -132,9 +186,9 @@ def _config_and_tokenizer(path: str):
     try:
         cfg = AutoConfig.from_pretrained(directory, gguf_file=name)
         tok = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-    except (ValueError, KeyError, OSError) as exc:
-        raise AprError(f"{path}: transformers cannot read this GGUF's config or tokenizer: "
-                       f"{str(exc).splitlines()[0][:160]}") from None
+    except Exception as exc:  # transformers' GGUF support raises many types on odd metadata
+        raise CorruptFileError(f"{path}: transformers cannot read this GGUF's config or tokenizer: "
+                               f"{first_line(exc)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     config = cfg.to_dict()
@@ -146,7 +200,8 @@ def _config_and_tokenizer(path: str):
         config["architectures"] = [causal_lm_class(config).__name__]
     with tempfile.TemporaryDirectory() as tmp:
         tok.save_pretrained(tmp)
-        tokenizer = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+        tokenizer = tokenizer_files({p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()},
+                                    f"{path}: tokenizer")
     gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
     return config, tokenizer, gen or None
 
@@ -171,11 +226,12 @@ def _lazy_gguf_tensor(t, hf_name: str, arch: str, config: dict, dtype: str | Non
             raw = torch.from_numpy(np.ascontiguousarray(t.data).reshape(-1))
             return _gguf_layout_raw(raw, spec, t.name, arch, config, to_gguf=False)
         if qtype == int(gguf.GGMLQuantizationType.BF16):
-            w = torch.from_numpy(np.ascontiguousarray(t.data).view(np.uint16)).view(torch.bfloat16)
+            w = torch.from_numpy(np.array(t.data).view(np.uint16)).view(torch.bfloat16)  # a copy: the map is read-only
         elif dt is not None and not dt.quantized:
             w = torch.from_numpy(np.array(t.data))
         else:
-            w = torch.from_numpy(gguf.quants.dequantize(t.data, gguf.GGMLQuantizationType(qtype)))
+            with np.errstate(all="ignore"):  # damaged scales give inf/nan, not warnings on stderr
+                w = torch.from_numpy(gguf.quants.dequantize(t.data, gguf.GGMLQuantizationType(qtype)))
         w = w.reshape(shape)
         w = _gguf_layout(w, t.name, arch, config, to_gguf=False)
         return w.to(spec.dt.torch_dtype()).contiguous()

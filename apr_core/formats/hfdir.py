@@ -14,17 +14,25 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_dir
-from ..errors import AprError, CorruptFileError
-from ..model import TOKENIZER_FILES, LazyTensor, Model
+from ..errors import AprError, CorruptFileError, first_line
+from ..model import LazyTensor, Model
+from ..names import TOKENIZER_FILES, shard_names, tokenizer_files, write_into
 from .safetensors import read_safetensors, write_safetensors
 
 WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
 
 
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise AprError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = json.loads(_read_bytes(path).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise CorruptFileError(f"{path}: not valid UTF-8 JSON") from None
     if not isinstance(data, dict):
         raise CorruptFileError(f"{path}: expected a JSON object")
@@ -34,7 +42,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 def read_side_files(directory: Path) -> tuple[dict[str, Any] | None, dict[str, bytes], dict[str, Any] | None]:
     """config.json, tokenizer files and generation_config.json found in ``directory``."""
     config = _read_json(directory / "config.json") if (directory / "config.json").is_file() else None
-    tokenizer = {name: (directory / name).read_bytes() for name in TOKENIZER_FILES
+    tokenizer = {name: _read_bytes(directory / name) for name in TOKENIZER_FILES
                  if (directory / name).is_file()}
     gen = directory / "generation_config.json"
     return config, tokenizer, (_read_json(gen) if gen.is_file() else None)
@@ -53,9 +61,8 @@ def load_pickle(path: str | os.PathLike) -> dict[str, LazyTensor]:
     try:
         state = torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CorruptFileError(f"{path}: refused to load pickle (only plain tensors are allowed "
-                               f"with weights_only): {first[:200]}") from None
+                               f"with weights_only): {first_line(exc, 200)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -70,10 +77,7 @@ def _weight_files(directory: Path) -> list[Path]:
             weight_map = _read_json(index).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise CorruptFileError(f"{index}: no weight_map")
-            files = sorted(set(weight_map.values()))
-            for f in files:
-                if "/" in f or "\\" in f or f.startswith(".."):
-                    raise CorruptFileError(f"{index}: shard name {f!r} leaves the directory")
+            files = shard_names(weight_map.values(), str(index))
             missing = [f for f in files if not (directory / f).is_file()]
             if missing:
                 raise AprError(f"{directory}: shard {missing[0]} listed in {index_name} is missing")
@@ -110,15 +114,20 @@ def read_hf_dir(directory: str | os.PathLike, source: str | None = None) -> Mode
                  source=source or str(directory), files=tuple(str(f) for f in files), keepalive=maps)
 
 
+def written_tensors(model: Model) -> dict[str, LazyTensor]:
+    """The tensors as `write_hf_dir` stores them: block-quantized ones dequantized to F32."""
+    from ..quant.convert import restore
+
+    return {n: restore(t, "F32") if t.spec.dt.quantized else t for n, t in model.tensors.items()}
+
+
 def write_hf_dir(model: Model, directory: str | os.PathLike, progress=None) -> str:
     """Write a directory transformers loads with ``from_pretrained``, atomically.
 
     transformers cannot run apr's block-quantized tensors, so they are written
     dequantized (float32); use .apr or GGUF to keep them quantized.
     """
-    from ..quant.convert import restore
-
-    tensors = {n: restore(t, "F32") if t.spec.dt.quantized else t for n, t in model.tensors.items()}
+    tensors = written_tensors(model)
     with atomic_dir(directory) as stage:
         cfg = dict(model.config)
         cfg.pop("quantization_config", None)
@@ -126,8 +135,8 @@ def write_hf_dir(model: Model, directory: str | os.PathLike, progress=None) -> s
         if model.generation_config:
             (stage / "generation_config.json").write_text(
                 json.dumps(model.generation_config, indent=2, sort_keys=True) + "\n")
-        for name, data in model.tokenizer.items():
-            (stage / name).write_bytes(data)
+        for name, data in tokenizer_files(model.tokenizer, "model").items():
+            write_into(stage, name, data, "model")
         if model.provenance:
             (stage / "apr_provenance.json").write_text(json.dumps(model.provenance, indent=2) + "\n")
         write_safetensors(tensors, stage / "model.safetensors", metadata={"format": "pt"},

@@ -10,9 +10,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import AprError
+from ..errors import AprError, CorruptFileError
 from ..model import Model
+from ..names import tokenizer_files
 from ..plugins import hookimpl
+from ..validate import json_type
 
 FORMATS = ["apr", "safetensors", "gguf", "hf"]
 
@@ -69,8 +71,6 @@ def apr_load_model(source: str, options: dict[str, Any]) -> Model | None:
         return Model(tensors=load_pickle(path), config=config, tokenizer=tokenizer,
                      generation_config=gen, source=str(path), files=(str(path),))
     if path.suffix == ".apr":
-        from ..errors import CorruptFileError
-
         raise CorruptFileError(f"{path}: not an .apr file (bad magic {magic!r})")
     return None
 
@@ -83,13 +83,15 @@ def _bare_safetensors(path: Path) -> Model:
 
     tensors, meta, mm = read_safetensors(path)
     if META_PREFIX + "config" in meta:
+        bad = f"{path}: corrupt safetensors file: apr metadata"
+        config = _meta_json(meta, META_PREFIX + "config", dict, bad)
+        files = _meta_json(meta, META_PREFIX + "tokenizer", dict, bad, {})
+        gen = _meta_json(meta, META_PREFIX + "generation_config", dict, bad, None)
+        prov = _meta_json(meta, META_PREFIX + "provenance", list, bad, [])
         try:
-            config = json.loads(meta[META_PREFIX + "config"])
-            tokenizer = {k: _decode_file(v) for k, v in json.loads(meta.get(META_PREFIX + "tokenizer", "{}")).items()}
-            gen = json.loads(meta[META_PREFIX + "generation_config"]) if META_PREFIX + "generation_config" in meta else None
-            prov = json.loads(meta.get(META_PREFIX + "provenance", "[]"))
-        except json.JSONDecodeError:
-            raise AprError(f"{path}: apr metadata in the safetensors header is not valid JSON") from None
+            tokenizer = tokenizer_files({k: _decode_file(v) for k, v in files.items()}, bad)
+        except CorruptFileError as exc:
+            raise CorruptFileError(str(exc) if str(exc).startswith(bad) else f"{bad}: {exc}") from None
     else:
         config, tokenizer, gen = read_side_files(path.parent)
         prov = []
@@ -98,6 +100,23 @@ def _bare_safetensors(path: Path) -> Model:
                            f"import the model directory instead")
     return Model(tensors=tensors, config=config, tokenizer=tokenizer, generation_config=gen,
                  provenance=prov, source=str(path), files=(str(path),), keepalive=mm)
+
+
+def _meta_json(meta: dict[str, str], key: str, kind: type, bad: str, default: Any = ...) -> Any:
+    """``meta[key]`` (an apr key of a safetensors header) parsed, of JSON type ``kind``; ``default``
+    when the key is absent (no default: required)."""
+    raw = meta.get(key)
+    if raw is None and default is not ...:
+        return default
+    try:
+        value = json.loads(raw)
+    except (TypeError, json.JSONDecodeError, RecursionError):
+        raise CorruptFileError(f"{bad}: {key} is not valid JSON") from None
+    if value is None and default is None:
+        return None
+    if not isinstance(value, kind):
+        raise CorruptFileError(f"{bad}: {key} is {json_type(value)}, not {'an object' if kind is dict else 'a list'}")
+    return value
 
 
 @hookimpl

@@ -40,14 +40,17 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, LazyTensor], di
     path = os.fspath(path)
     mm, size = map_file(path, 8, "safetensors")
     (hlen,) = struct.unpack("<Q", mm[0:8])
-    if hlen > MAX_HEADER or hlen > size - 8:
-        raise CorruptFileError(f"{path}: corrupt safetensors file: header length {hlen} "
-                               f"exceeds the file ({size} bytes) or the 100 MB limit")
+    if hlen > size - 8:
+        raise CorruptFileError(f"{path}: corrupt safetensors file: header length {hlen} does not fit in "
+                               f"the {size}-byte file (at most {size - 8} bytes follow the length)")
+    if hlen > MAX_HEADER:
+        raise CorruptFileError(f"{path}: corrupt safetensors file: header length {hlen} is over the "
+                               f"{MAX_HEADER // (1024 * 1024)} MB limit")
     try:
         header = json.loads(bytes(mm[8:8 + hlen]).decode("utf-8"), object_pairs_hook=_no_duplicates)
     except CorruptFileError as exc:
         raise CorruptFileError(f"{path}: corrupt safetensors file: {exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise CorruptFileError(f"{path}: corrupt safetensors file: header is not UTF-8 JSON") from None
     if not isinstance(header, dict):
         raise CorruptFileError(f"{path}: corrupt safetensors file: header is not a JSON object")
@@ -67,14 +70,18 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, LazyTensor], di
             raise CorruptFileError(f"{bad} has unsupported dtype {st_dtype!r}")
         shape = info.get("shape")
         offs = info.get("data_offsets")
-        if (not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape)
+        if (not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape)
                 or len(shape) > 16):
             raise CorruptFileError(f"{bad} has an invalid shape")
-        if (not isinstance(offs, list) or len(offs) != 2 or not all(isinstance(o, int) for o in offs)
+        if (not isinstance(offs, list) or len(offs) != 2 or not all(type(o) is int for o in offs)
                 or not 0 <= offs[0] <= offs[1] <= data_len):
             raise CorruptFileError(f"{bad} has data offsets outside the file")
         dt = BY_NAME[SAFETENSORS_NAMES[st_dtype]]
-        if dt.nbytes(tuple(shape)) != offs[1] - offs[0]:
+        try:
+            needed = dt.nbytes(tuple(shape))
+        except CorruptFileError as exc:
+            raise CorruptFileError(f"{bad}: {exc}") from None
+        if needed != offs[1] - offs[0]:
             raise CorruptFileError(f"{bad}: shape {shape} of {st_dtype} does not match "
                                    f"{offs[1] - offs[0]} bytes")
         spec = TensorSpec(name, dt.name, tuple(shape))
@@ -110,7 +117,7 @@ def _restore_quantized(path: str, tensors: dict[str, LazyTensor], meta: dict[str
             if not dt.quantized or lazy.spec.dtype != "U8" or dt.nbytes(shape) != lazy.spec.numel:
                 raise ValueError(name)
             tensors[name] = LazyTensor(TensorSpec(name, dt.name, shape), lambda lazy=lazy: lazy.load().reshape(-1))
-    except (ValueError, KeyError, TypeError, AttributeError, CorruptFileError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, CorruptFileError):
         raise CorruptFileError(f"{path}: corrupt safetensors file: bad {QUANTIZED_KEY} metadata") from None
 
 
@@ -162,11 +169,13 @@ def write_safetensors(tensors: dict[str, LazyTensor], path: str | os.PathLike,
 
 def model_metadata(model) -> dict[str, str]:
     """The apr keys stored in ``__metadata__`` of a standalone safetensors export."""
+    from ..names import tokenizer_files
     from .apr import _encode_file
 
+    files = tokenizer_files(model.tokenizer, "model")
     meta = {"format": "pt", META_PREFIX + "config": json.dumps(model.config),
             META_PREFIX + "provenance": json.dumps(model.provenance),
-            META_PREFIX + "tokenizer": json.dumps({k: _encode_file(v) for k, v in model.tokenizer.items()})}
+            META_PREFIX + "tokenizer": json.dumps({k: _encode_file(v) for k, v in files.items()})}
     if model.generation_config is not None:
         meta[META_PREFIX + "generation_config"] = json.dumps(model.generation_config)
     return meta

@@ -114,6 +114,9 @@ class Layerwise:
 
         from ..torch_bridge import meta_model
 
+        from .common import require_float
+
+        require_float(model)
         self.model = model
         self.dtype = getattr(torch, dtype)
         self.device = torch.device(device)

@@ -83,6 +83,16 @@ def prune_mask(scores, ratio: float, nm: tuple[int, int] | None, per_row: bool):
     return row_prune_mask(flat, int(flat.shape[1] * ratio)).reshape(scores.shape)
 
 
+def require_float(model) -> None:
+    """Refuse a model with block-quantized tensors: pruning computes with (and zeroes) float
+    weights, and on stored blocks it would silently zero bytes, not weights."""
+    quantized = [n for n in model.names() if model.spec(n).dt.quantized]
+    if quantized:
+        raise AprError(f"pruning needs float weights, but {quantized[0]} is "
+                       f"{model.spec(quantized[0]).dtype}-quantized ({len(quantized)} such tensors): prune the "
+                       f"float model, then quantize (apr export --format hf writes a dequantized copy)")
+
+
 class SparsityTally:
     """Counts zeros in the matrices a method pruned, verifies N:M groups, and keeps
     ``report`` current (it is filled as tensors are produced, which for streaming

