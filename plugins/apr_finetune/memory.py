@@ -17,9 +17,12 @@ Peak memory is the sum of
 - the **logits** of one chunk of 1024 positions in float32 (logits, softmax and gradient): the loss
   is chunked and checkpointed (`apr_core.runtime.loss`), so the batch x sequence x vocabulary
   logits never exist whole;
-- the **runtime**: on the CPU the process's resident memory before training (Python, torch,
-  transformers, the tokenizer; measured in the planning process); on CUDA the allocator's view only
-  (``torch.cuda.max_memory_allocated``), not the CUDA context.
+- on the CPU, the process itself: the **runtime** (Python, torch, transformers, peft, accelerate,
+  bitsandbytes; measured in the planning process after importing them), the **model file**'s
+  pages (read whole when the checksum is verified at load; counted once when the module's
+  weights are views of them, i.e. when their dtype is the stored one), and the tokenized
+  **data**. On CUDA the plan is the allocator's view (``torch.cuda.max_memory_allocated``),
+  not the CUDA context.
 
 Time per step is the step's FLOPs (2 per parameter and token forward, 2 more backward for the
 activation gradients, 2 more for weight gradients of trainable weights, and one more forward with
@@ -66,24 +69,30 @@ def _targets(params, linears) -> dict[str, tuple[int, int]]:
     return {n: s for n, s in linears.items() if n.rsplit(".", 2)[-2] in wanted}
 
 
-def activation_bytes(shape: dict[str, int], method: str, targets_per_layer: int, tokens: int, batch: int,
-                     seq: int, elem: int, fused_attention: bool, checkpointing: bool) -> dict[str, int]:
-    """Bytes autograd keeps for the backward pass (see the module docstring)."""
+def activation_bytes(shape: dict[str, int], method: str, targets_per_layer: int, rank: int, tokens: int,
+                     batch: int, seq: int, elem: int, fused_attention: bool, checkpointing: bool) -> dict[str, int]:
+    """Bytes autograd keeps for the backward pass (see the module docstring).
+
+    Per token and layer, counted from what a Llama-style layer saves (checked with
+    ``torch.autograd.graph.saved_tensors_hooks`` on SmolLM2): both RMSNorms' inputs and outputs
+    and their reciprocal RMS; the attention's q and output (query heads) and k, v (key/value
+    heads) and its log-sum-exp; the gate and up projections and the SiLU output; for LoRA each
+    adapter's input (the dropout output, plus its mask) and rank-r intermediate; for full
+    fine-tuning the product that feeds down_proj (every other linear reads a tensor already
+    kept). Unfused attention (the CPU with a padding mask) also keeps the b x heads x s x s
+    probabilities.
+    """
     h, i, a, kv, d, L = shape["h"], shape["i"], shape["heads"], shape["kv"], shape["d"], shape["layers"]
-    per_token = (
-        4 * h            # two RMSNorms: input and normalised output
-        + 2 * (a + kv) * d  # rotary: q and k before and after
-        + 3 * a * d      # attention inputs q, k, v (k and v expanded to the query heads) ...
-        + a * d          # ... and its output
-        + 3 * i          # SiLU input, and both operands of the gate x up product
-    )
-    per_token += targets_per_layer * h if method != "full" else (h + a * d + h + i)  # trainable linears' inputs
-    attention = 0 if fused_attention else batch * a * seq * seq * elem
-    layer = tokens * per_token * elem + attention
-    if checkpointing:
-        kept = L * tokens * h * elem + layer
+    floats = 4 * h + 2 + 2 * a * d + 2 * kv * d + a + 3 * i
+    extra_bytes = 0
+    if method == "full":
+        floats += i
     else:
-        kept = L * layer
+        floats += targets_per_layer * (h + rank)
+        extra_bytes = targets_per_layer * h  # dropout masks, one byte per element
+    attention = 0 if fused_attention else batch * a * seq * seq * elem
+    layer = tokens * (floats * elem + extra_bytes) + attention
+    kept = L * tokens * h * elem + layer if checkpointing else L * layer
     return {"activations": int(kept), "per_layer": int(layer)}
 
 
@@ -115,7 +124,8 @@ def plan_method(model, method: str, params: dict[str, Any], context, rank: int |
     batch, seq = int(params.get("batch_size") or 4), int(params.get("max_seq_len") or 1024)
     tokens = batch * seq
     per_layer_targets = len(targets) // max(shape["layers"], 1)
-    act = activation_bytes(shape, method, per_layer_targets, tokens, batch, seq, elem, fused_attention=cuda,
+    act = activation_bytes(shape, method, per_layer_targets, rank, tokens, batch, seq, elem,
+                           fused_attention=cuda or batch == 1 or bool(params.get("packing")),
                            checkpointing=bool(params.get("gradient_checkpointing")))
     logits = 3 * 4 * batch * min(seq, LOGIT_CHUNK) * shape["vocab"]
     parts = {
@@ -126,7 +136,12 @@ def plan_method(model, method: str, params: dict[str, Any], context, rank: int |
         "activations": act["activations"],
         "logits": logits,
     }
-    parts["runtime"] = 0 if cuda else _process_rss()
+    if not cuda:  # the process's own memory: the runtime, the mapped model file, the tokenized data
+        module_dtype = "float32" if method == "full" else compute
+        aliased = method != "qlora" and _stored_dtype(model) == module_dtype
+        parts["model_file"] = 0 if aliased else model.nbytes  # read whole at load (checksum)
+        parts["runtime"] = _process_rss()
+        parts["data"] = _data_bytes(params.get("data"))
     peak = sum(parts.values())
     flops = _step_flops(total_params, trainable, method, tokens, bool(params.get("gradient_checkpointing")))
     accum = int(params.get("grad_accum") or 1)
@@ -170,6 +185,21 @@ def _matmul_rate(device: str, dtype: str) -> float:
     return _RATE[key]
 
 
+def _stored_dtype(model) -> str:
+    """The torch name of the dtype most of the model's parameters are stored in."""
+    counts = model.dtype_counts()
+    name = max(counts, key=counts.get) if counts else "F32"
+    return {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}.get(name, "quantized")
+
+
+def _data_bytes(path: str | None) -> int:
+    """The tokenized training set in Python lists: about 48 bytes per token, 3.5 bytes of jsonl per
+    token."""
+    if not path or not os.path.isfile(path):
+        return 0
+    return int(os.path.getsize(path) / 3.5 * 48)
+
+
 _RSS: list[int] = []
 
 
@@ -177,6 +207,16 @@ def _process_rss() -> int:
     """Resident memory of this process when first asked (bytes), from /proc (0 where unavailable):
     the runtime's share, measured once so every plan of a run uses the same figure."""
     if not _RSS:
+        import warnings
+
+        with warnings.catch_warnings():  # what a training process imports, so its memory is counted
+            warnings.simplefilter("ignore")
+            from .modules import quiet_bitsandbytes
+
+            with quiet_bitsandbytes():
+                import accelerate  # noqa: F401
+                import peft  # noqa: F401
+                import transformers  # noqa: F401
         try:
             with open(f"/proc/{os.getpid()}/statm") as f:
                 _RSS.append(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
