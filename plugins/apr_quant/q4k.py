@@ -1,9 +1,10 @@
-"""q4k: llama.cpp's Q4_K for every 2-D weight, Q6_K for the output head, 1-D tensors F32.
+"""q4k: llama-quantize's Q4_K_S mixture: Q4_K weights, Q6_K output head, 1-D tensors F32.
 
-Bytes are those of ggml's quantize_row_q4_K_ref / q6_K_ref (checked against
-the C code). Rows not a multiple of 256 fall back to Q5_0 (then F16), the
-same chain llama.cpp uses; llama.cpp's Q4_K_M additionally raises some
-attn_v/ffn_down layers to Q6_K, which this scheme does not."""
+Tensor types follow llama.cpp's per-tensor rules for Q4_K_S
+(apr_core.quant.mixtures): the first four attn_v and the first eighth of the
+ffn_down layers are Q5_K, rows not a multiple of 256 fall back as llama.cpp
+does (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0). Bytes are those of ggml's
+reference quantizers, so the file equals llama-quantize's Q4_K_S output."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from .common import QUANT_KIND, QuantScheme
 
 class Q4K(QuantScheme):
     name = "q4k"
-    summary = "llama.cpp Q4_K super-blocks (4.5 bits/weight), output head Q6_K"
+    summary = "llama.cpp Q4_K_S: Q4_K super-blocks (4.5 bits/weight), some layers Q5_K, output head Q6_K"
     paper = "Kawrakow 2023, k-quants (llama.cpp PR #1684)"
-    recipe = Recipe("Q4_K", "gguf", output="Q6_K")
+    recipe = Recipe("Q4_K", "gguf", output="Q6_K", mixture="Q4_K_S")
 
 
 @hookimpl

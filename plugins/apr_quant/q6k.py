@@ -15,7 +15,7 @@ class Q6K(QuantScheme):
     name = "q6k"
     summary = "llama.cpp Q6_K super-blocks (6.5625 bits/weight)"
     paper = "Kawrakow 2023, k-quants (llama.cpp PR #1684)"
-    recipe = Recipe("Q6_K", "gguf")
+    recipe = Recipe("Q6_K", "gguf", mixture="Q6_K")
 
 
 @hookimpl

@@ -15,7 +15,7 @@ class Q8_0Scheme(QuantScheme):
     name = "q8_0"
     summary = "llama.cpp Q8_0: 32-blocks of int8 with an f16 scale (8.5 bits/weight)"
     paper = "Gerganov et al., ggml/llama.cpp (Q8_0 reference quantizer)"
-    recipe = Recipe("Q8_0", "gguf")
+    recipe = Recipe("Q8_0", "gguf", mixture="Q8_0")
 
 
 @hookimpl
