@@ -100,6 +100,7 @@ def read_gguf(path: str | os.PathLike, dtype: str | None = None, preserve_quant:
     except Exception as exc:  # gguf-py raises ValueError, struct.error, IndexError... on bad files
         raise CorruptFileError(f"{path}: corrupt GGUF file: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}") from None
     config, tokenizer, gen = _config_and_tokenizer(path)
+    _implied_by_llama_cpp(config, arch)
     n_blocks = int(config.get("num_hidden_layers") or 0)
     hf_names = _hf_param_names(config)
     to_gguf = hf_to_gguf_names(hf_names, arch, n_blocks)
@@ -117,6 +118,19 @@ def read_gguf(path: str | os.PathLike, dtype: str | None = None, preserve_quant:
                                f"({len(missing)} missing)")
     return Model(tensors=tensors, config=config, tokenizer=tokenizer, generation_config=gen,
                  source=path, files=(path,), keepalive=reader)
+
+
+def _implied_by_llama_cpp(config: dict, arch: str) -> None:
+    """Settings a GGUF file has no key for because llama.cpp fixes them per architecture.
+
+    Gemma 3 queries are scaled by 1/sqrt(head_dim) (hidden/heads for the 62-layer 27B); the file
+    cannot say otherwise, and transformers' GGUF reader leaves its default of 256 whatever the
+    head size.
+    """
+    if arch == "gemma3":
+        layers, heads = int(config["num_hidden_layers"]), int(config["num_attention_heads"])
+        head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+        config["query_pre_attn_scalar"] = int(config["hidden_size"]) // heads if layers == 62 else head_dim
 
 
 def _config_and_tokenizer(path: str):

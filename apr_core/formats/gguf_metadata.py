@@ -278,7 +278,7 @@ def adds_special_tokens(tok: dict, tcfg: dict) -> tuple[bool, bool | None]:
     add_bos = tcfg["add_bos_token"] if isinstance(tcfg.get("add_bos_token"), bool) else (
         first is not None and first == bos)
     add_eos = tcfg["add_eos_token"] if isinstance(tcfg.get("add_eos_token"), bool) else (
-        (last == eos) if post else None)
+        (last is not None and last == eos) if post else None)
     return bool(add_bos), add_eos
 
 
