@@ -9,7 +9,8 @@ express for that architecture (a Gemma 3 local rope base other than the
 10000 llama.cpp hard-codes, an unsupported rope scaling ...) stops the export
 with one line instead of writing a file that runs differently.
 
-The tokenizer is written from ``tokenizer.json``: byte-level BPE as llama.cpp's
+The tokenizer is written from ``tokenizer.json`` as transformers applies it
+(`effective_tokenizer`): byte-level BPE as llama.cpp's
 ``gpt2`` model with the pre-tokenizer named after its regex, SentencePiece-style
 vocabularies (Unigram, or BPE with byte fallback) as ``llama`` with
 ``add_space_prefix`` taken from whether the normalizer or pre-tokenizer
@@ -199,10 +200,7 @@ def write_tokenizer(w, model: Model, config: dict) -> None:
     """tokenizer.ggml.* keys from tokenizer.json: BPE as 'gpt2', SentencePiece-style as 'llama'."""
     import gguf
 
-    raw = model.tokenizer.get("tokenizer.json")
-    if not raw:
-        raise AprError("GGUF export needs tokenizer.json; this model has no fast tokenizer")
-    tok = json.loads(raw)
+    tok = effective_tokenizer(model)
     m = tok.get("model") or {}
     vocab_size = int(config["vocab_size"])
     added = {a["id"]: a for a in tok.get("added_tokens") or []}
@@ -258,6 +256,23 @@ def write_tokenizer(w, model: Model, config: dict) -> None:
         w.add_add_eos_token(add_eos)
     if model.chat_template:
         w.add_chat_template(model.chat_template)
+
+
+def effective_tokenizer(model: Model) -> dict:
+    """tokenizer.json as transformers applies it: the fast tokenizer it builds for this model.
+
+    transformers 5 picks the tokenizer class by model type and some classes rebuild parts of the
+    pipeline (Qwen2's class imposes Qwen2's pre-tokenizer regex whatever tokenizer.json says), so
+    the file alone does not tell what llama.cpp must reproduce.
+    """
+    if not model.tokenizer.get("tokenizer.json"):
+        raise AprError("GGUF export needs tokenizer.json; this model has no fast tokenizer")
+    from ..torch_bridge import load_tokenizer
+
+    backend = getattr(load_tokenizer(model), "backend_tokenizer", None)
+    if backend is None:
+        raise AprError("GGUF export: transformers builds no fast tokenizer from this model's tokenizer.json")
+    return json.loads(backend.to_str())
 
 
 def _token_content(value):
