@@ -157,7 +157,7 @@ def test_tiny_models_quantize_exactly_as_llama_quantize(llama_quantize, tmp_path
     pipeline.save(tiny_model(arch, **over), str(f32), "gguf", dtype="f32")
     types = assert_same_as_llama_quantize(llama_quantize, f32, scheme, tmp_path)
     main = mixture(LLAMA_NAMES[scheme]).default
-    assert (main in types) == (geometry == "wide"), types
+    assert (main in types) == (geometry == "wide" or main == "Q8_0"), types  # 64-wide rows fit only Q8_0
 
 
 @pytest.mark.slow
