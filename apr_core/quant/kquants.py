@@ -260,18 +260,28 @@ class Q5_K(Codec):
         return (scale * q - offset).reshape(rows, cols)
 
 
+def _sixteen_scales(x, search, nmax: int):
+    """Q3_K's and Q6_K's first step: a scale and codes per 16-value sub-block from ``search``
+    (`make_q3_quants` / `make_qx_quants`), and each super-block's first scale of largest magnitude.
+    Returns (sub-blocks (n, 16, 16), scales (n, 16), codes (n, 16, 16), max_scale, |max_scale|)."""
+    import torch
+
+    sb = x.reshape(-1, 16, 16)
+    n_sb = sb.shape[0]
+    scales, L = search(sb.reshape(-1, 16).t().contiguous(), nmax)
+    scales, L = scales.reshape(n_sb, 16), L.t().reshape(n_sb, 16, 16)
+    max_abs, idx = scales.abs().max(dim=1)
+    return sb, scales, L, torch.gather(scales, 1, idx[:, None]).squeeze(1), max_abs
+
+
 class Q6_K(Codec):
     dtype = "Q6_K"
 
     def encode_rows(self, x):
         import torch
 
-        sb = x.reshape(-1, 16, 16)
+        sb, scales, L, max_scale, max_abs = _sixteen_scales(x, make_qx_quants, 32)
         n_sb = sb.shape[0]
-        scales, L = make_qx_quants(sb.reshape(-1, 16).t().contiguous(), 32)
-        scales, L = scales.reshape(n_sb, 16), L.t().reshape(n_sb, 16, 16)
-        max_abs, idx = scales.abs().max(dim=1)
-        max_scale = torch.gather(scales, 1, idx[:, None]).squeeze(1)
         zero = max_abs < GROUP_MAX_EPS
         iscale = _rdiv(-128.0, torch.where(zero, torch.ones_like(max_scale), max_scale))
         d16 = f16_bytes(torch.where(zero, torch.zeros_like(iscale), _rdiv(1.0, iscale)))
@@ -352,12 +362,8 @@ class Q3_K(Codec):
     def encode_rows(self, x):
         import torch
 
-        sb = x.reshape(-1, 16, 16)
+        sb, scales, L, max_scale, _ = _sixteen_scales(x, make_q3_quants, 4)
         n_sb = sb.shape[0]
-        scales, L = make_q3_quants(sb.reshape(-1, 16).t().contiguous(), 4)
-        scales, L = scales.reshape(n_sb, 16), L.t().reshape(n_sb, 16, 16)
-        max_abs, idx = scales.abs().max(dim=1)
-        max_scale = torch.gather(scales, 1, idx[:, None]).squeeze(1)
         some = max_scale != 0
         iscale = _rdiv(-32.0, torch.where(some, max_scale, torch.ones_like(max_scale)))
         ls = (nearest_int(iscale[:, None] * scales).clamp_(-32, 31) + 32)
