@@ -6,7 +6,9 @@ knows maps without a hand-written table. Two families store weights
 differently from Hugging Face and are undone/redone here: llama's Q and K
 rows are permuted for llama.cpp's rotary layout, and Gemma's RMSNorm weights
 are stored with +1 folded in. Config and tokenizer come from transformers'
-public GGUF support (``from_pretrained(..., gguf_file=...)``).
+public GGUF support (``from_pretrained(..., gguf_file=...)``). On export the
+key-value metadata is `gguf_metadata`'s, the tensor types llama-quantize's
+mixture rules (apr_core.quant.mixtures).
 """
 
 from __future__ import annotations
