@@ -154,6 +154,10 @@ def test_general_name_is_never_a_path(tmp_path):
         pipeline.save(model, str(tmp_path / "n.gguf"), "gguf")
         assert fields(tmp_path / "n.gguf")["general.name"] == expected
     model = tiny_model("llama")
+    model.source = "hf://google/gemma-3-270m@main"
+    pipeline.save(model, str(tmp_path / "n.gguf"), "gguf")
+    assert fields(tmp_path / "n.gguf")["general.name"] == "gemma-3-270m"
+    model = tiny_model("llama")
     model.config.update({"_name_or_path": "/root/.cache/apr/models", "_model_name_or_path": "Gemma 3 270m"})
     pipeline.save(model, str(tmp_path / "n.gguf"), "gguf")
     assert fields(tmp_path / "n.gguf")["general.name"] == "Gemma 3 270m"

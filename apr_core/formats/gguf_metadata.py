@@ -37,9 +37,12 @@ GEMMA3_SWA_PATTERN = 6
 def model_name(model: Model, config: dict) -> str:
     """``general.name``: the model's name, never a local path.
 
-    A Hub id (``org/name``) gives ``name``; a GGUF import carries the source's ``general.name``
-    (transformers keeps it as ``_model_name_or_path``); otherwise the architecture's class name.
+    A Hub id (``hf://org/name`` as the source, or ``org/name`` in the config) gives ``name``; a
+    GGUF import carries the source's ``general.name`` (transformers keeps it as
+    ``_model_name_or_path``); otherwise the architecture's class name.
     """
+    if model.source and model.source.startswith("hf://"):
+        return model.source[len("hf://"):].split("@")[0].rstrip("/").split("/")[-1]
     for key in ("_name_or_path", "_model_name_or_path"):
         value = config.get(key) or model.config.get(key)
         if not isinstance(value, str) or not value.strip():
