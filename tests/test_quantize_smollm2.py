@@ -19,8 +19,11 @@ def test_q4k_gguf_uses_llama_cpp_fallbacks_and_reads_back(smollm2_apr, tmp_path)
     run_apr("quantize", smollm2_apr, "--scheme", "q4k", "--format", "gguf", "-o", str(out), check=True)
     reader = gguf.GGUFReader(str(out))
     types = {t.name: t.tensor_type.name for t in reader.tensors}
-    assert types["blk.0.ffn_down.weight"] == "Q4_K"  # rows of 1536 fit 256
+    assert types["blk.3.ffn_down.weight"] == "Q4_K"  # rows of 1536 fit 256
+    assert types["blk.0.ffn_down.weight"] == "Q5_K"  # Q4_K_S: the first n_layer/8 get Q5_K
     assert types["blk.0.attn_q.weight"] == "Q5_0"  # rows of 576 do not: llama.cpp's Q5_0
+    assert types["blk.0.attn_v.weight"] == "Q5_1"  # Q4_K_S's Q5_K for attn_v 0-3, falls back to Q5_1
+    assert reader.fields["general.file_type"].contents() == 14  # LLAMA_FTYPE_MOSTLY_Q4_K_S
     assert types["token_embd.weight"] == "Q8_0"  # tied output head: Q6_K wanted, falls back to Q8_0
     assert reader.fields["tokenizer.ggml.pre"].contents() == "smollm"
     back = pipeline.load(str(out))

@@ -6,12 +6,13 @@ knows maps without a hand-written table. Two families store weights
 differently from Hugging Face and are undone/redone here: llama's Q and K
 rows are permuted for llama.cpp's rotary layout, and Gemma's RMSNorm weights
 are stored with +1 folded in. Config and tokenizer come from transformers'
-public GGUF support (``from_pretrained(..., gguf_file=...)``).
+public GGUF support (``from_pretrained(..., gguf_file=...)``). On export the
+key-value metadata is `gguf_metadata`'s, the tensor types llama-quantize's
+mixture rules (apr_core.quant.mixtures).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -23,6 +24,7 @@ from ..errors import AprError, CorruptFileError, first_line
 from ..model import LazyTensor, Model, TensorSpec
 from ..names import tokenizer_files
 from ..validate import check_config
+from .gguf_metadata import rope_freqs, write_architecture, write_tokenizer
 
 # HF model_type -> GGUF architecture name
 GGUF_ARCH = {
@@ -103,6 +105,7 @@ def read_gguf(path: str | os.PathLike, dtype: str | None = None, preserve_quant:
         raise CorruptFileError(f"{path}: corrupt GGUF file: {first_line(exc)}") from None
     _check_layout(reader, path)
     config, tokenizer, gen = _config_and_tokenizer(path)
+    _implied_by_llama_cpp(config, arch)
     check_config(config, path)
     n_blocks = int(config.get("num_hidden_layers") or 0)
     try:
@@ -171,6 +174,19 @@ def _check_layout(reader, path: str) -> None:
     if size - last >= align and spans:
         raise CorruptFileError(f"{bad}: {size - last} bytes follow the last tensor's data (the tensor "
                                f"count {len(reader.tensors)} does not match the infos, or data was appended)")
+
+
+def _implied_by_llama_cpp(config: dict, arch: str) -> None:
+    """Settings a GGUF file has no key for because llama.cpp fixes them per architecture.
+
+    Gemma 3 queries are scaled by 1/sqrt(head_dim) (hidden/heads for the 62-layer 27B); the file
+    cannot say otherwise, and transformers' GGUF reader leaves its default of 256 whatever the
+    head size.
+    """
+    if arch == "gemma3":
+        layers, heads = int(config["num_hidden_layers"]), int(config["num_attention_heads"])
+        head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+        config["query_pre_attn_scalar"] = int(config["hidden_size"]) // heads if layers == 62 else head_dim
 
 
 def _config_and_tokenizer(path: str):
@@ -253,13 +269,18 @@ def _gguf_layout(w, gguf_name: str, arch: str, config: dict, to_gguf: bool):
 
 # --------------------------------------------------------------------------- write
 
-GGUF_OUT_TYPES = ("f32", "f16", "q8_0", "q4_k", "q6_k")
-# GGUF export dtype -> how floating-point tensors are stored (see apr_core.quant.policy)
-_EXPORT_RECIPES = {"q8_0": ("Q8_0", None), "q4_k": ("Q4_K", "Q6_K"), "q6_k": ("Q6_K", None)}
+# GGUF export dtype -> the llama.cpp mixture its floating-point tensors get (apr_core.quant.mixtures);
+# q4_k is llama-quantize's Q4_K_S, the mixture of `apr quantize --scheme q4k`
+_EXPORT_MIXTURES = {"q8_0": "Q8_0", "q6_k": "Q6_K", "q4_k": "Q4_K_S", "q4_k_s": "Q4_K_S",
+                    "q4_k_m": "Q4_K_M", "q5_k_m": "Q5_K_M", "q3_k_m": "Q3_K_M"}
+GGUF_OUT_TYPES = ("f32", "f16", *_EXPORT_MIXTURES)
 # dtypes a GGUF file stores as they are; AprQ4 blocks are byte-for-byte Q4_0 blocks
-_GGUF_RAW = {"Q8_0": "Q8_0", "Q4_0": "Q4_0", "Q5_0": "Q5_0", "Q4_K": "Q4_K", "Q6_K": "Q6_K", "APR_Q4": "Q4_0"}
+_GGUF_RAW = {"Q8_0": "Q8_0", "Q4_0": "Q4_0", "Q5_0": "Q5_0", "Q5_1": "Q5_1", "IQ4_NL": "IQ4_NL",
+             "Q3_K": "Q3_K", "Q4_K": "Q4_K", "Q5_K": "Q5_K", "Q6_K": "Q6_K", "APR_Q4": "Q4_0"}
+# general.file_type of files that no recorded mixture describes: the dominant 2-D type's
 _FILE_TYPES = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "BF16": "MOSTLY_BF16", "Q8_0": "MOSTLY_Q8_0",
-               "Q4_0": "MOSTLY_Q4_0", "Q5_0": "MOSTLY_Q5_0", "Q4_K": "MOSTLY_Q4_K_M", "Q6_K": "MOSTLY_Q6_K"}
+               "Q4_0": "MOSTLY_Q4_0", "Q5_0": "MOSTLY_Q5_0", "Q5_1": "MOSTLY_Q5_1", "IQ4_NL": "MOSTLY_IQ4_NL",
+               "Q3_K": "MOSTLY_Q3_K_M", "Q4_K": "MOSTLY_Q4_K_M", "Q5_K": "MOSTLY_Q5_K_M", "Q6_K": "MOSTLY_Q6_K"}
 
 
 def gguf_dtypes(model: Model, out_type: str, names: list[str]) -> dict[str, str]:
@@ -270,9 +291,11 @@ def gguf_dtypes(model: Model, out_type: str, names: list[str]) -> dict[str, str]
     if out_type not in GGUF_OUT_TYPES:
         raise AprError(f"--dtype {out_type!r} is not a GGUF export type; use one of {', '.join(GGUF_OUT_TYPES)}")
     specs = [model.spec(n) for n in names]
-    if out_type in _EXPORT_RECIPES:
-        main, output = _EXPORT_RECIPES[out_type]
-        floats = plan(Recipe(main, "gguf", output=output), specs, model.text_config())
+    if out_type in _EXPORT_MIXTURES:
+        from ..quant.mixtures import mixture
+
+        mix = mixture(_EXPORT_MIXTURES[out_type])
+        floats = plan(Recipe(mix.default, "gguf", mixture=mix.name), specs, model.text_config())
     else:
         floats = {s.name: ("F32" if len(s.shape) < 2 or out_type == "f32" else "F16") for s in specs}
     out = {}
@@ -285,7 +308,7 @@ def gguf_dtypes(model: Model, out_type: str, names: list[str]) -> dict[str, str]
             out[s.name] = fitting("Q8_0", s.shape)
         else:
             raise AprError(f"GGUF has no type for {s.dtype} (tensor {s.name}); quantize with a GGUF "
-                           f"scheme (q8_0, q4k, q6k, int4) for llama.cpp")
+                           f"scheme (q8_0, q4k, q4k_m, q5k_m, q3k_m, q6k, int4) for llama.cpp")
     return out
 
 
@@ -294,9 +317,11 @@ def write_gguf(model: Model, path: str | os.PathLike, out_type: str = "f16", pro
 
     ``out_type`` decides how floating-point tensors are stored: f32, f16 (1-D
     tensors such as norms stay F32, as llama.cpp's converter keeps them), or
-    quantized with llama.cpp's rules (q8_0, q4_k with a Q6_K output head,
-    q6_k; rows that do not fit fall back as llama.cpp does). Tensors that are
-    already quantized are written as their stored blocks.
+    quantized with llama-quantize's mixture rules (q8_0, q6_k, q4_k = q4_k_s,
+    q4_k_m, q5_k_m, q3_k_m; rows that do not fit fall back as llama.cpp
+    does). Tensors that are already quantized are written as their stored
+    blocks. ``general.file_type`` is the llama.cpp file type of the mixture
+    (`file_type`).
     """
     import gguf
     import numpy as np
@@ -318,11 +343,15 @@ def write_gguf(model: Model, path: str | os.PathLike, out_type: str = "f16", pro
         raise AprError(f"GGUF export: no GGUF name for tensor {unmapped[0]}")
     types = gguf_dtypes(model, out_type, names)
     plan = [(hf, to_gguf[hf], model.spec(hf), types[hf]) for hf in names]
-    main = _main_type(plan)
+    ftype = file_type(model, out_type, plan)
+    freqs = rope_freqs(config) if arch == "llama" else None
 
     with atomic_path(path) as tmp:
         w = gguf.GGUFWriter(os.fspath(tmp), arch)
-        _write_kv(w, model, config, arch, getattr(gguf.LlamaFileType, _FILE_TYPES.get(main, "MOSTLY_F16")))
+        write_architecture(w, model, config, arch, ftype)
+        write_tokenizer(w, model, config)
+        if freqs is not None:
+            w.add_tensor_info("rope_freqs.weight", list(freqs.shape), np.dtype(np.float32), freqs.numel() * 4)
         for hf, gname, spec, dtype in plan:
             qt = gguf.GGMLQuantizationType(by_name(dtype).gguf_id)
             if by_name(dtype).quantized:
@@ -335,6 +364,8 @@ def write_gguf(model: Model, path: str | os.PathLike, out_type: str = "f16", pro
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
+        if freqs is not None:
+            w.write_tensor_data(freqs.numpy())
         items = plan if progress is None else progress(plan, desc="writing gguf", total=len(plan))
         for hf, gname, spec, dtype in items:
             lazy = model.tensors[hf]
@@ -353,13 +384,54 @@ def write_gguf(model: Model, path: str | os.PathLike, out_type: str = "f16", pro
     return os.fspath(path)
 
 
-def _main_type(plan) -> str:
-    """The type of most 2-D weights (for general.file_type)."""
+def file_type(model: Model, out_type: str, plan) -> int:
+    """``general.file_type``: llama.cpp's id of the mixture the tensors were quantized with.
+
+    That is the export's ``--dtype`` mixture, or for stored quantized tensors the mixture of the
+    scheme that made them (the last quantize in the provenance) when the tensor types are exactly
+    what that mixture gives. Float exports are ALL_F32 / MOSTLY_F16. Quantized tensors that no
+    recorded mixture describes (another tool's GGUF imported with --preserve-quant, an int4 file)
+    are named after their dominant 2-D type, as before llama.cpp's mixtures existed.
+    """
+    import gguf
+
+    from ..quant.mixtures import mixture
+
+    if out_type in _EXPORT_MIXTURES:
+        return mixture(_EXPORT_MIXTURES[out_type]).ftype
+    types = {hf: dtype for hf, _g, _spec, dtype in plan}
+    if not any(by_name(d).quantized for d in types.values()):
+        return int(gguf.LlamaFileType.ALL_F32 if out_type == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+    recorded = _recorded_mixture(model)
+    if recorded is not None:
+        from ..quant.mixtures import plan as mixture_plan
+
+        specs = [s for _hf, _g, s, _d in plan]
+        expected = mixture_plan(recorded, specs, model.text_config())
+        if all(types[n] == stored for n, (_wanted, stored) in expected.items() if n in types):
+            return recorded.ftype
     counts: dict[str, int] = {}
     for _hf, _g, spec, dtype in plan:
         if len(spec.shape) == 2:
             counts[dtype] = counts.get(dtype, 0) + spec.numel
-    return max(counts, key=counts.get) if counts else "F32"
+    main = max(counts, key=counts.get) if counts else "F32"
+    return int(getattr(gguf.LlamaFileType, _FILE_TYPES.get(main, "MOSTLY_F16")))
+
+
+def _recorded_mixture(model: Model):
+    """The llama.cpp mixture of the scheme of the model's last ``apr quantize``, if it has one."""
+    from ..quant.mixtures import mixture
+
+    last = next((r for r in reversed(model.provenance) if r.get("operation") == "quantize"), None)
+    if last is None or not last.get("technique"):
+        return None
+    from .. import pipeline
+
+    try:
+        recipe = getattr(pipeline.transform_technique("quantize", str(last["technique"])), "recipe", None)
+    except AprError:
+        return None  # the scheme's plugin is not installed here
+    return mixture(recipe.mixture) if recipe is not None and recipe.mixture else None
 
 
 def _gguf_layout_raw(raw, spec: TensorSpec, gguf_name: str, arch: str, config: dict, to_gguf: bool):
@@ -369,100 +441,3 @@ def _gguf_layout_raw(raw, spec: TensorSpec, gguf_name: str, arch: str, config: d
         rows = spec.numel // spec.shape[-1]
         return _gguf_layout(raw.reshape(rows, -1), gguf_name, arch, config, to_gguf).reshape(-1).contiguous()
     return raw
-
-
-def _write_kv(w, model: Model, config: dict, arch: str, file_type) -> None:
-    import gguf
-
-    w.add_name(str(config.get("_name_or_path") or model.architecture))
-    w.add_file_type(file_type)
-    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    heads = int(config["num_attention_heads"])
-    head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
-    w.add_context_length(int(config.get("max_position_embeddings") or 2048))
-    w.add_embedding_length(int(config["hidden_size"]))
-    w.add_block_count(int(config["num_hidden_layers"]))
-    w.add_feed_forward_length(int(config["intermediate_size"]))
-    w.add_head_count(heads)
-    w.add_head_count_kv(int(config.get("num_key_value_heads") or heads))
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
-    rope = config.get("rope_parameters") or {}
-    theta = config.get("rope_theta") or rope.get("rope_theta")
-    if theta:
-        w.add_rope_freq_base(float(theta))
-    w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps") or 1e-6))
-    w.add_vocab_size(int(config["vocab_size"]))
-    if arch == "gemma3":
-        if config.get("sliding_window"):
-            w.add_sliding_window(int(config["sliding_window"]))
-    _write_tokenizer(w, model, config)
-
-
-def _write_tokenizer(w, model: Model, config: dict) -> None:
-    """tokenizer.ggml.* keys from tokenizer.json: BPE as 'gpt2', SentencePiece-style as 'llama'."""
-    import gguf
-
-    raw = model.tokenizer.get("tokenizer.json")
-    if not raw:
-        raise AprError("GGUF export needs tokenizer.json; this model has no fast tokenizer")
-    tok = json.loads(raw)
-    m = tok.get("model") or {}
-    vocab_size = int(config["vocab_size"])
-    added = {a["id"]: a for a in tok.get("added_tokens") or []}
-    tokens: list[str] = [f"[PAD{i}]" for i in range(vocab_size)]
-    scores = [0.0] * vocab_size
-    types = [gguf.TokenType.UNUSED] * vocab_size
-    if m.get("type") == "Unigram":
-        for i, (piece, score) in enumerate(m["vocab"][:vocab_size]):
-            tokens[i], scores[i], types[i] = piece, float(score), gguf.TokenType.NORMAL
-    else:
-        for piece, i in m.get("vocab", {}).items():
-            if i < vocab_size:
-                tokens[i], scores[i], types[i] = piece, -float(i), gguf.TokenType.NORMAL
-    for i, a in added.items():
-        if i < vocab_size:
-            tokens[i] = a["content"]
-            types[i] = gguf.TokenType.CONTROL if a.get("special") else gguf.TokenType.USER_DEFINED
-    spm_like = m.get("type") == "Unigram" or bool(m.get("byte_fallback"))
-    if spm_like:
-        w.add_tokenizer_model("llama")
-        for i, t in enumerate(tokens):
-            if len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
-                types[i] = gguf.TokenType.BYTE
-        w.add_token_scores(scores)
-    else:
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre(_bpe_pre_name(model, vocab_size))
-        merges = m.get("merges") or []
-        w.add_token_merges([" ".join(x) if isinstance(x, list) else x for x in merges])
-    w.add_token_list(tokens)
-    w.add_token_types([int(t) for t in types])
-    tcfg = model.tokenizer_config()
-    by_content = {t: i for i, t in enumerate(tokens)}
-    for key, adder in (("bos_token", w.add_bos_token_id), ("eos_token", w.add_eos_token_id),
-                       ("unk_token", w.add_unk_token_id), ("pad_token", w.add_pad_token_id)):
-        val = tcfg.get(key)
-        if isinstance(val, dict):
-            val = val.get("content")
-        tid = by_content.get(val) if isinstance(val, str) else config.get(key + "_id")
-        if isinstance(tid, list):
-            tid = tid[0] if tid else None
-        if tid is not None:
-            adder(int(tid))
-    if "add_bos_token" in tcfg:
-        w.add_add_bos_token(bool(tcfg["add_bos_token"]))
-    if model.chat_template:
-        w.add_chat_template(model.chat_template)
-
-
-def _bpe_pre_name(model: Model, vocab_size: int) -> str:
-    """llama.cpp's pre-tokenizer id; it recognises these by name for the families we export."""
-    if model.model_type in ("qwen2", "qwen3"):
-        return "qwen2"
-    if model.model_type == "llama" and vocab_size == 49152:
-        return "smollm"
-    if model.model_type == "llama" and vocab_size >= 128000:
-        return "llama-bpe"
-    return "default"

@@ -20,11 +20,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def _codecs() -> dict[str, Codec]:
     from .apr import AprQ4, AprQ8, AprQ8Row
-    from .ggml import Q4_0, Q5_0, Q8_0
-    from .kquants import Q4_K, Q6_K
+    from .ggml import IQ4_NL, Q4_0, Q5_0, Q5_1, Q8_0
+    from .kquants import Q3_K, Q4_K, Q5_K, Q6_K
     from .nf4 import NF4
 
-    return {c.dtype: c for c in (AprQ8(), AprQ8Row(), AprQ4(), Q8_0(), Q4_0(), Q5_0(), Q4_K(), Q6_K(), NF4())}
+    return {c.dtype: c for c in (AprQ8(), AprQ8Row(), AprQ4(), Q8_0(), Q4_0(), Q5_0(), Q5_1(), IQ4_NL(),
+                                 Q3_K(), Q4_K(), Q5_K(), Q6_K(), NF4())}
 
 
 _CACHE: dict[str, Codec] = {}

@@ -12,6 +12,11 @@ Two conventions, after the tools whose files we mirror:
   when they are tied) uses that type instead, as llama.cpp's k-quant mixes
   store ``output.weight`` as Q6_K.
 
+With ``mixture`` set (q4k, q4k_m ...: a llama.cpp file type such as Q4_K_S),
+the type of each 2-D weight follows llama-quantize's per-tensor rules instead
+(`apr_core.quant.mixtures`): output head Q6_K, more bits for some ``attn_v``
+and ``ffn_down`` layers, llama.cpp's fallbacks (Q5_K -> Q5_1, Q3_K -> IQ4_NL too).
+
 Rows whose length is not a multiple of the block size are never an error:
 under ``gguf`` they take llama.cpp's fallback chain (`FALLBACKS`: Q4_K ->
 Q5_0, Q6_K -> Q8_0, then F16); under ``linear`` they keep their source type. A ``cast`` recipe (fp16, bf16) converts every
@@ -40,10 +45,13 @@ class Recipe:
     main: str
     convention: str  # "linear", "gguf" or "cast"
     output: str | None = None
+    mixture: str | None = None  # a llama.cpp file type (apr_core.quant.mixtures); gguf only
 
     def __post_init__(self):
         if self.convention not in ("linear", "gguf", "cast"):
             raise ValueError(f"unknown convention {self.convention!r}")
+        if self.mixture is not None and self.convention != "gguf":
+            raise ValueError("a llama.cpp mixture needs the gguf convention")
 
 
 def output_names(names: list[str], config: dict) -> set[str]:
@@ -85,15 +93,30 @@ def assign(recipe: Recipe, name: str, spec_dtype: str, shape: tuple[int, ...],
     return fitting(target, shape)
 
 
+def _mixture_plan(recipe: Recipe, specs: list, config: dict) -> dict[str, tuple[str, str]]:
+    """name -> (wanted, stored) for the 2-D weights a llama.cpp mixture decides; {} without one."""
+    if recipe.mixture is None:
+        return {}
+    from .mixtures import mixture, plan as mixture_plan
+
+    floats = [s for s in specs if s.dtype in FLOAT_TYPES or by_name(s.dtype).quantized]
+    return mixture_plan(mixture(recipe.mixture), floats, config)
+
+
 def plan(recipe: Recipe, specs: list, config: dict) -> dict[str, str]:
     """name -> dtype for every tensor spec."""
     names = [s.name for s in specs]
     outputs = output_names(names, config)
-    return {s.name: assign(recipe, s.name, s.dtype, tuple(s.shape), outputs) for s in specs}
+    mixed = _mixture_plan(recipe, specs, config)
+    return {s.name: mixed[s.name][1] if s.name in mixed else assign(recipe, s.name, s.dtype, tuple(s.shape), outputs)
+            for s in specs}
 
 
 def fallbacks(recipe: Recipe, specs: list, config: dict) -> dict[str, str]:
     """name -> the type the recipe wanted, for tensors whose rows did not fit it."""
+    mixed = _mixture_plan(recipe, specs, config)
+    if recipe.mixture is not None:
+        return {n: wanted for n, (wanted, stored) in mixed.items() if wanted != stored}
     names = [s.name for s in specs]
     outputs = output_names(names, config)
     out = {}

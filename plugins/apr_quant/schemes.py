@@ -15,10 +15,12 @@ apr_core.quant.
   (bitsandbytes' NormalFloat4, blocks of 64) quantize only the linear weights
   of the transformer blocks; embeddings, output head and norms keep their
   type, and rows that do not fit the block keep theirs.
-- ``q8_0``, ``q6k`` and ``q4k`` follow llama.cpp: every 2-D weight, embeddings
-  and output included, 1-D tensors F32; bytes equal ggml's reference
-  quantizers; rows that do not fit fall back as llama.cpp does (Q4_K -> Q5_0,
-  Q6_K -> Q8_0, then F16). q4k stores the output head as Q6_K.
+- ``q8_0``, ``q6k``, ``q4k`` (Q4_K_S), ``q4k_m``, ``q5k_m`` and ``q3k_m`` are
+  llama-quantize's file types: every 2-D weight, embeddings and output
+  included, 1-D tensors F32, with llama.cpp's per-tensor mixture rules
+  (`apr_core.quant.mixtures`: output head Q6_K, more bits for some attn_v /
+  ffn_down layers) and fallbacks for rows that do not fit; bytes equal
+  llama-quantize's from the same f32 source.
 """
 
 from __future__ import annotations
@@ -65,10 +67,17 @@ SCHEMES = (
            "Dettmers et al. 2023, QLoRA: Efficient Finetuning of Quantized LLMs", Recipe("NF4", "linear"),
            requires=_needs_bitsandbytes),
     Scheme("q8_0", "llama.cpp Q8_0: 32-blocks of int8 with an f16 scale (8.5 bits/weight)",
-           "Gerganov et al., ggml/llama.cpp (Q8_0 reference quantizer)", Recipe("Q8_0", "gguf")),
-    Scheme("q6k", "llama.cpp Q6_K super-blocks (6.5625 bits/weight)", KQUANTS, Recipe("Q6_K", "gguf")),
-    Scheme("q4k", "llama.cpp Q4_K super-blocks (4.5 bits/weight), output head Q6_K", KQUANTS,
-           Recipe("Q4_K", "gguf", output="Q6_K")),
+           "Gerganov et al., ggml/llama.cpp (Q8_0 reference quantizer)", Recipe("Q8_0", "gguf", mixture="Q8_0")),
+    Scheme("q6k", "llama.cpp Q6_K super-blocks (6.5625 bits/weight)", KQUANTS,
+           Recipe("Q6_K", "gguf", mixture="Q6_K")),
+    Scheme("q4k", "llama.cpp Q4_K_S: Q4_K super-blocks (4.5 bits/weight), some layers Q5_K, output head Q6_K",
+           KQUANTS, Recipe("Q4_K", "gguf", output="Q6_K", mixture="Q4_K_S")),
+    Scheme("q4k_m", "llama.cpp Q4_K_M: Q4_K, half the attn_v/ffn_down layers Q6_K, output head Q6_K", KQUANTS,
+           Recipe("Q4_K", "gguf", output="Q6_K", mixture="Q4_K_M")),
+    Scheme("q5k_m", "llama.cpp Q5_K_M: Q5_K super-blocks (5.5 bits/weight), half the attn_v/ffn_down layers Q6_K",
+           KQUANTS, Recipe("Q5_K", "gguf", output="Q6_K", mixture="Q5_K_M")),
+    Scheme("q3k_m", "llama.cpp Q3_K_M: Q3_K super-blocks (3.4375 bits/weight), attn_v/attn_output/ffn_down raised",
+           KQUANTS, Recipe("Q3_K", "gguf", output="Q6_K", mixture="Q3_K_M")),
 )
 
 
