@@ -84,6 +84,8 @@ class Param:
             return None
         try:
             value = self._convert(raw)
+        except _NotFinite:
+            raise AprError(f"{self.cli_flag} must be a finite number, got {raw}") from None
         except (TypeError, ValueError):
             raise AprError(f"{self.cli_flag}: {raw!r} is not {_TYPE_TEXT.get(self.type, 'a valid ' + self.type)}"
                            ) from None
@@ -95,7 +97,7 @@ class Param:
         if t == "float":
             v = float(raw)
             if not math.isfinite(v):
-                raise ValueError
+                raise _NotFinite
             return v
         if t == "int":
             return _integer(raw)
@@ -143,6 +145,10 @@ def _integer(raw: Any) -> int:
     if isinstance(raw, int):
         return raw
     return int(str(raw).strip())
+
+
+class _NotFinite(ValueError):
+    """A float option given as nan or inf."""
 
 
 def _fmt(v: Any) -> str:

@@ -114,9 +114,6 @@ class Layerwise:
 
         from ..torch_bridge import meta_model
 
-        from .common import require_float
-
-        require_float(model)
         self.model = model
         self.dtype = getattr(torch, dtype)
         self.device = torch.device(device)
@@ -135,7 +132,7 @@ class Layerwise:
         layers = self.decoder.layers
         outside = [(n, p) for n, p in self.decoder.named_parameters() if not n.startswith("layers.")]
         decoder_prefix = self.prefix[: -len("layers.")]
-        self._assign(self.decoder, {n: self.model.tensor(decoder_prefix + n) for n, _ in outside})
+        self._assign(self.decoder, {n: self._float(decoder_prefix + n) for n, _ in outside})
         for name, buf in list(self.decoder.named_buffers()):  # rotary tables
             owner, _, leaf = name.rpartition(".")
             module = self.decoder.get_submodule(owner) if owner else self.decoder
@@ -176,8 +173,14 @@ class Layerwise:
         """Decoder layer ``i`` with float weights loaded from the model, on the device."""
         layer = self.decoder.layers[i]
         prefix = f"{self.prefix}{i}."
-        self._assign(layer, {n: self.model.tensor(prefix + n) for n, _ in layer.named_parameters()})
+        self._assign(layer, {n: self._float(prefix + n) for n, _ in layer.named_parameters()})
         return layer
+
+    def _float(self, name: str):
+        """A weight's values (stored blocks dequantized: a quantized model calibrates as it runs)."""
+        from ..quant.convert import float_tensor
+
+        return float_tensor(self.model.tensors[name])
 
     def _assign(self, module, tensors: dict) -> None:
         state = {n: t.to(device=self.device, dtype=self.dtype, copy=True) for n, t in tensors.items()}

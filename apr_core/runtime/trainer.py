@@ -17,8 +17,8 @@ configured for it); only rank 0 writes.
 Checkpoints (every ``save_steps`` optimizer steps, on Ctrl-C or SIGTERM, and at the end) hold
 the trainable parameters, the optimizer and scheduler states and the step; they are atomic
 directories (`apr_core.runtime.checkpoint`). Ctrl-C or SIGTERM finishes the optimizer step in
-progress (every process agrees on where to stop), saves and exits with code 130; a second
-Ctrl-C stops at once, losing only that step. Randomness inside a step (dropout) is seeded from
+progress (every process agrees on where to stop), saves and exits with code 130 or 143; a
+second signal stops at once, losing only that step. Randomness inside a step (dropout) is seeded from
 (seed, step, process, micro-batch), and the data position follows from the step, so a resumed run
 repeats exactly what an uninterrupted one would have done.
 """
@@ -41,9 +41,12 @@ OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw-8bit")
 
 
 class Interrupted(AprError):
-    """Training stopped by Ctrl-C or SIGTERM after saving a checkpoint (exit code 130)."""
+    """Training stopped by Ctrl-C or SIGTERM after saving a checkpoint (exit code 128 + the signal:
+    130 for Ctrl-C, 143 for SIGTERM, as a shell reports them)."""
 
-    exit_code = 130
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
 
 
 @dataclass
@@ -234,7 +237,7 @@ class Trainer:
                     save(step)
                     raise Interrupted(f"interrupted at step {step} of {total}; checkpoint saved in "
                                       f"{checkpoint.directory(self.workdir)}; rerun the same command with "
-                                      f"--resume")
+                                      f"--resume", stop.signum)
                 batch = self.global_batch(step, per_epoch, world)
                 n_targets = sum(e.targets for e in batch)
                 micro = [batch[i:i + self.s.batch_size] for i in range(0, len(batch), self.s.batch_size)]
@@ -326,6 +329,7 @@ class _StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum = signal.SIGINT
         self.previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -336,7 +340,7 @@ class _StopRequest:
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
 
     def agreed(self, acc) -> bool:
         if acc.num_processes == 1:

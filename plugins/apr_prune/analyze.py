@@ -68,8 +68,9 @@ def analyze(technique, model, params, context) -> dict[str, Any]:
     from apr_core.runtime.layerwise import Layerwise
     from apr_core.runtime.tokens import calibration_windows
 
-    from .common import parse_pattern
+    from .common import parse_pattern, require_float
 
+    require_float(model)
     nm = parse_pattern(params["pattern"])
     n_cal = min(params["calibration_samples"], MAX_WINDOWS)
     cal = calibration_windows(model, params["calibration"], n_cal, params["calibration_seq_len"], context.seed)

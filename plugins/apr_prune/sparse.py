@@ -18,7 +18,8 @@ from apr_core.model import LazyTensor
 from apr_core.technique import TransformTechnique
 
 from .common import (CALIBRATION_PARAMS, INCLUDE_EMBEDDINGS, PATTERN, TARGET_RATIO, SparsityTally,
-                     check_ratio_and_pattern, contract_calibration, parse_pattern, prune_mask)
+                     check_ratio_and_pattern, contract_calibration, parse_pattern, prune_mask,
+                     require_float)
 
 EMBEDDING_SUFFIXES = ("embed_tokens.weight", "lm_head.weight")
 
@@ -91,6 +92,7 @@ class CalibratedPruner(SparsePruner):
         from apr_core.spill import TensorSpill
 
         model = inputs[0]
+        require_float(model)
         nm = parse_pattern(params["pattern"])
         engine = Layerwise.calibrated(model, params, context)
         spill = TensorSpill()

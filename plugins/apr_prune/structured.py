@@ -21,7 +21,7 @@ import copy
 from apr_core.errors import AprError
 from apr_core.params import Param
 
-from .common import CALIBRATION_PARAMS, StructuralPruner, ratio_param
+from .common import CALIBRATION_PARAMS, StructuralPruner, ratio_param, require_float
 
 
 def plan_sizes(cfg: dict, ratio: float, round_to: int) -> tuple[int, int]:
@@ -52,6 +52,7 @@ class Structured(StructuralPruner):
         from apr_core.spill import TensorSpill
 
         model = inputs[0]
+        require_float(model)
         cfg = model.text_config()
         heads, kv = int(cfg["num_attention_heads"]), int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
         head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // heads)

@@ -28,7 +28,7 @@ from apr_core.errors import AprError
 from apr_core.model import LazyTensor, TensorSpec
 from apr_core.params import Param
 
-from .common import CALIBRATION_PARAMS, StructuralPruner, ratio_param
+from .common import CALIBRATION_PARAMS, StructuralPruner, ratio_param, require_float
 
 # role of each per-layer tensor: which norm folds into it (readers) or that it writes the stream (writers)
 READERS = {"self_attn.q_proj.weight": "input_layernorm", "self_attn.k_proj.weight": "input_layernorm",
@@ -77,6 +77,7 @@ class Width(StructuralPruner):
 
     def transform(self, inputs, params, context):
         model = inputs[0]
+        require_float(model)
         cfg = model.text_config()
         if "gemma" in model.model_type:
             raise AprError(f"width pruning does not support {model.model_type}: its post-norms and (1 + w) "
