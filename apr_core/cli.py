@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import sys
-import time
 from typing import Any
 
 import click
@@ -303,23 +302,13 @@ def import_cmd(source, output, dtype, revision, preserve_quant, fmt, force, as_j
     short name such as smollm2-135m) into an apr model file."""
     from . import pipeline
 
-    ctx = RunContext(quiet=quiet)
-    fmt_name = pipeline.output_format(output, fmt)
-    _check_destination(output, [source], force)
-    start = time.perf_counter()
-    model = pipeline.load(source, revision=revision, preserve_quant=preserve_quant,
-                          dtype=None if dtype == "auto" else pipeline.FLOAT_DTYPES.get(dtype.lower(), dtype))
-    model = pipeline.cast(model, dtype).with_operation(
-        "import", None, {"source": source, "dtype": dtype, "revision": revision}, [model])
-    written = pipeline.save(model, output, fmt_name, progress=ctx.progress)
-    summary = {"output": written, "format": fmt_name, "architecture": model.architecture,
-               "params": model.param_count, "bytes": model.nbytes, "dtypes": model.dtype_counts(),
-               "seconds": round(time.perf_counter() - start, 3)}
+    summary = pipeline.import_model(source, output, dtype, revision, preserve_quant, fmt, RunContext(quiet=quiet),
+                                    force=force)
     if as_json:
         _emit_json(summary)
     else:
-        click.echo(f"imported {source} -> {written}: {model.architecture}, "
-                   f"{model.param_count / 1e6:.1f}M params, {_human_bytes(model.nbytes)}")
+        click.echo(f"imported {source} -> {summary['output']}: {summary['architecture']}, "
+                   f"{summary['params'] / 1e6:.1f}M params, {_human_bytes(summary['bytes'])}")
 
 
 @cli.command("export", context_settings=CONTEXT)

@@ -23,6 +23,9 @@ class Param:
 
     ``min``/``max`` bound numeric values (each inclusive unless the matching
     ``*_exclusive`` flag is set); for ``floats`` and ``ints`` they bound every element.
+    ``recorded`` is False for options that cannot change the result (``--resume``,
+    ``--save-steps``): they are left out of the output's provenance, so a resumed run
+    writes the same bytes as an uninterrupted one.
     """
 
     name: str
@@ -36,6 +39,7 @@ class Param:
     choices: tuple[str, ...] = ()
     required: bool = False
     flag: str | None = None
+    recorded: bool = True
 
     def __post_init__(self):
         if self.type not in TYPES:

@@ -17,6 +17,7 @@ handles already in memory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -33,10 +34,34 @@ FLOAT_DTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "float32": "F32", "f
                 "bfloat16": "BF16"}
 
 
+_LOADED: dict[tuple, Model] | None = None
+
+
+@contextlib.contextmanager
+def reuse_loads():
+    """Within the block, loading the same source with the same options returns the same handle
+    (a plan that opens one model for many steps reads it once)."""
+    global _LOADED
+    outer, _LOADED = _LOADED, ({} if _LOADED is None else _LOADED)
+    try:
+        yield
+    finally:
+        _LOADED = outer
+
+
 def load(source: str, **options: Any) -> Model:
     """Open a model through the first plugin that recognises ``source``."""
-    pm, _ = manager()
     options.setdefault("verify", True)
+    if _LOADED is not None:
+        key = (str(source), tuple(sorted((k, str(v)) for k, v in options.items())))
+        if key not in _LOADED:
+            _LOADED[key] = _load(source, options)
+        return _LOADED[key]
+    return _load(source, options)
+
+
+def _load(source: str, options: dict[str, Any]) -> Model:
+    pm, _ = manager()
     check_tensors = options.pop("check_tensors", True)  # False: config and tokenizer only (no torch)
     model = pm.hook.apr_load_model(source=str(source), options=options)
     if model is None:
@@ -98,6 +123,27 @@ def cast(model: Model, dtype: str | None) -> Model:
     return out
 
 
+def import_model(source: str, output: str, dtype: str = "auto", revision: str | None = None,
+                 preserve_quant: bool = False, fmt: str | None = None, context: RunContext | None = None,
+                 force: bool = False) -> dict[str, Any]:
+    """``apr import``: load ``source`` (hf://, a directory, a file, a short name), store its weights
+    as ``dtype`` (auto keeps the source's), record the import in provenance and write ``output``."""
+    from .atomic import check_destination
+
+    context = context or RunContext()
+    fmt_name = output_format(output, fmt)
+    check_destination(output, [source], force)
+    start = time.perf_counter()
+    model = load(source, revision=revision, preserve_quant=preserve_quant,
+                 dtype=None if dtype == "auto" else FLOAT_DTYPES.get(dtype.lower(), dtype))
+    model = cast(model, dtype).with_operation("import", None, {"source": source, "dtype": dtype,
+                                                               "revision": revision}, [model])
+    written = save(model, output, fmt_name, progress=context.progress)
+    return {"output": written, "format": fmt_name, "architecture": model.architecture,
+            "params": model.param_count, "bytes": model.nbytes, "dtypes": model.dtype_counts(),
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
 def technique_of(kind_name: str, name: str):
     """The registered technique ``name`` of kind ``kind_name`` (one line naming the choices if not)."""
     _, registry = manager()
@@ -151,7 +197,8 @@ def _apply(kind_: Kind, technique: TransformTechnique, inputs: list[Model], para
            context: RunContext) -> Model:
     pm, _ = manager()
     result = pm.hook.apr_transform(technique=technique, inputs=inputs, params=params, context=context)
-    recorded = dict(params)
+    unrecorded = {p.name for p in technique.params + kind_.options if not p.recorded}
+    recorded = {k: v for k, v in params.items() if k not in unrecorded}
     if technique.random:
         recorded["seed"] = context.seed
     return result.with_operation(kind_.name, technique.name, recorded, [*inputs, *context.extra_inputs],

@@ -28,13 +28,14 @@ DECAY = Param("weight_decay", "float", 0.0, "AdamW weight decay", min=0)
 CLIP = Param("max_grad_norm", "float", 1.0, "Clip the gradient norm to this (0 disables)", min=0)
 OPTIMIZER = Param("optimizer", "choice", "adamw", "adamw, or bitsandbytes' 8-bit / paged 8-bit AdamW (CUDA)",
                   choices=("adamw", "adamw-8bit", "paged-adamw-8bit"))
-EVAL_STEPS = Param("eval_steps", "int", None, "Measure the held-out loss every N steps (and at the end)", min=1)
-SAVE_STEPS = Param("save_steps", "int", 50, "Write a checkpoint every N optimizer steps", min=1)
+EVAL_STEPS = Param("eval_steps", "int", None, "Measure the held-out loss every N steps (and at the end)", min=1,
+                   recorded=False)
+SAVE_STEPS = Param("save_steps", "int", 50, "Write a checkpoint every N optimizer steps", min=1, recorded=False)
 CHECKPOINTING = Param("gradient_checkpointing", "bool", False, "Recompute activations in the backward pass "
                       "(less memory, about a third more compute)")
-RESUME = Param("resume", "bool", False, "Continue an interrupted run from its last checkpoint")
+RESUME = Param("resume", "bool", False, "Continue an interrupted run from its last checkpoint", recorded=False)
 VRAM = Param("vram", "float", None, "GPU memory budget in GB: --plan and auto fit the run into it with 10% headroom",
-             min=0, min_exclusive=True)
+             min=0, min_exclusive=True, recorded=False)
 ADAPTER = Param("adapter", "path", None, "A peft LoRA adapter directory: with --merge, merge it into MODEL; "
                 "without, start training from it")
 MERGE = Param("merge", "bool", False, "Merge --adapter into MODEL and write the merged model (no training)")
@@ -60,5 +61,5 @@ FULL = (learning_rate(2e-5),)
 AUTO = (RANK, ALPHA, DROPOUT, TARGETS, learning_rate(2e-4), DOUBLE_QUANT)
 
 #: the parameters that change what a run computes: they and the data make its fingerprint
-#: (--resume, --save-steps, --eval-steps and --vram do not)
-NOT_FINGERPRINTED = ("resume", "save_steps", "eval_steps", "vram", "merge")
+#: (--resume, --save-steps, --eval-steps and --vram, the unrecorded ones, do not)
+NOT_FINGERPRINTED = tuple(p.name for p in SHARED if not p.recorded) + ("merge",)
