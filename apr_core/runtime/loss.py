@@ -1,7 +1,8 @@
 """The next-token loss, computed in chunks of positions so logits never exist whole.
 
 A 150k-token vocabulary makes the fp32 logits of one 2048-token window 1.2 GB; computing the
-LM head and the cross-entropy a chunk of positions at a time bounds that to ``chunk`` x vocab.
+LM head and the cross-entropy a chunk of positions at a time (about ``CHUNK`` tokens of the batch
+per chunk) bounds that to ``CHUNK`` x vocab.
 When gradients are being recorded each chunk is checkpointed (its logits are recomputed in
 the backward pass instead of kept), so training holds one chunk's logits at a time too.
 Perplexity, pruning analysis, classification, training and distillation all call
@@ -11,7 +12,7 @@ masking and reduction are written once.
 
 from __future__ import annotations
 
-CHUNK = 1024  # positions per LM-head call
+CHUNK = 512  # tokens (batch rows x positions) per LM-head call
 
 
 def logits_of(head, hidden, softcap: float | None):
@@ -25,16 +26,18 @@ def logits_of(head, hidden, softcap: float | None):
 
 
 def chunked_loss(hidden, ids, mask, per_chunk, chunk: int = CHUNK, extra=()):
-    """Sum ``per_chunk(hidden[:, s:e], targets, keep, *extra_chunks)`` over chunks of positions,
-    where ``targets = ids[:, s+1:e+1]`` and ``keep`` marks the counted targets; returns (sum,
-    count). With gradients on, each chunk is recomputed in the backward pass (checkpointed).
-    ``extra`` are tensors (batch x seq x ...) cut into the same position chunks."""
+    """Sum ``per_chunk(hidden[:, s:e], targets, keep, *extra_chunks)`` over chunks of positions
+    (about ``chunk`` tokens of the batch each), where ``targets = ids[:, s+1:e+1]`` and ``keep``
+    marks the counted targets; returns (sum, count). With gradients on, each chunk is recomputed
+    in the backward pass (checkpointed). ``extra`` are tensors (batch x seq x ...) cut into the
+    same position chunks."""
     import torch
     from torch.utils.checkpoint import checkpoint
 
     total = hidden.new_zeros((), dtype=torch.float32)
     count = 0
     positions = ids.shape[1] - 1
+    chunk = max(1, chunk // max(1, ids.shape[0]))
     recompute = torch.is_grad_enabled() and hidden.requires_grad
     for s in range(0, positions, chunk):
         e = min(s + chunk, positions)

@@ -14,7 +14,7 @@ Peak memory is the sum of
   adapters' inputs only, since a frozen matmul needs no input to pass its gradient on), plus the
   attention probabilities where attention is not fused (the CPU). With gradient checkpointing only
   each layer's input is kept, plus one layer's activations while it is recomputed;
-- the **logits** of one chunk of 1024 positions in float32 (logits, softmax and gradient): the loss
+- the **logits** of one chunk of 512 tokens in float32 (logits, softmax and gradient): the loss
   is chunked and checkpointed (`apr_core.runtime.loss`), so the batch x sequence x vocabulary
   logits never exist whole;
 - on the CPU, the process itself: the **runtime** (Python, torch, transformers, peft, accelerate,
@@ -37,9 +37,9 @@ import os
 from typing import Any
 
 from apr_core.errors import AprError
+from apr_core.runtime.loss import CHUNK as LOGIT_CHUNK  # tokens per LM-head chunk
 
 HEADROOM = 0.9  # a plan fits --vram when its peak is at most 90% of it
-LOGIT_CHUNK = 1024
 AUTO_RANKS = (64, 32, 16, 8)
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -127,7 +127,7 @@ def plan_method(model, method: str, params: dict[str, Any], context, rank: int |
     act = activation_bytes(shape, method, per_layer_targets, rank, tokens, batch, seq, elem,
                            fused_attention=cuda or batch == 1 or bool(params.get("packing")),
                            checkpointing=bool(params.get("gradient_checkpointing")))
-    logits = 3 * 4 * batch * min(seq, LOGIT_CHUNK) * shape["vocab"]
+    logits = 3 * 4 * min(tokens, LOGIT_CHUNK) * shape["vocab"]
     parts = {
         "weights": int(weights),
         "adapter": 4 * adapter,
