@@ -47,7 +47,7 @@ def test_playbook_commands_run_as_written(setup):
 def test_a_short_lora_run_lowers_the_held_out_loss(setup):
     d = setup
     out = json.loads(run_apr("finetune", "qwen-7b.apr", "--method", "lora", "--data", "code-instruct-50k.jsonl",
-                             "--max-steps", "12", "--batch-size", "4", "--max-seq-len", "192", "--learning-rate",
+                             "--max-steps", "8", "--batch-size", "4", "--max-seq-len", "128", "--learning-rate",
                              "1e-3", "--eval-split", "0.1", "-o", "short/", "--json", "-q", cwd=d,
                              check=True).stdout)["report"]
     assert out["eval_loss"] < out["eval_loss_before"] - 0.02, out
