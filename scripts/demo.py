@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""The main job on the embedded default model, one CLI call per stage, ending in one summary.
+"""The main job: the leaderboard recipe (recipes/leaderboard.yaml) on the embedded SmolLM2-135M.
 
-    import smollm2-135m -> inspect -> perplexity (held-out code, prose) -> prune (wanda 30%)
-    -> merge (slerp base + pruned) -> quantize (int4 .apr, q4k GGUF)
-    -> HumanEval (first problems, sandboxed) -> export HF -> logits check
+    python scripts/demo.py [WORKDIR]        # default runs/demo
 
-Each technique plugin adds its stage here and its line to the summary.
-Outputs land in runs/demo/ (or the directory given as the first argument).
+Three LoRA specialists (Python, Rust, TypeScript) -> DARE/TIES/SLERP tournament -> Wanda 30%
+-> int4, then a leaderboard (size, held-out perplexity per code domain, HumanEval pass@1 on four
+problems, step time) as a table, JSON and PNG. Every step is content-addressed, so a second run
+only reads the cache. Afterwards the final merged model is exported to Hugging Face format and
+its logits are compared with apr's own.
 """
 
 from __future__ import annotations
@@ -17,18 +18,27 @@ import sys
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/demo")
-PPL = ["--seq-len", "512", "--max-tokens", "8192"]
+RECIPE = ROOT / "recipes" / "leaderboard.yaml"
 
 
-def apr(*args: str) -> dict:
+def apr(*args: str, capture: bool = True) -> dict:
     cmd = [sys.executable, "-m", "apr_core.cli", *args]
     print("$ apr " + " ".join(args), file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE if capture else None, text=True)
     if proc.returncode != 0:
-        sys.stderr.write(proc.stderr)
-        raise SystemExit(f"stage failed: apr {' '.join(args)}")
-    return json.loads(proc.stdout) if "--json" in args else {}
+        raise SystemExit(f"demo failed: apr {' '.join(args)} (exit {proc.returncode})")
+    return json.loads(proc.stdout) if capture and proc.stdout.strip().startswith("{") else {}
+
+
+def missing_sources() -> list[str]:
+    """Languages whose code sources `apr data` cannot find (the recipe needs all three)."""
+    sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+    from apr_core import codesources
+
+    return [lang for lang, src in codesources.sources().items()
+            if not src.default_root().is_dir() or any(path is None for _, path in src.resolve_heldout())]
 
 
 def logits_match(apr_path: Path, hf_dir: Path) -> float:
@@ -45,74 +55,25 @@ def logits_match(apr_path: Path, hf_dir: Path) -> float:
         return (ours(ids).logits - theirs(ids).logits).abs().max().item()
 
 
-def merge_stage(base: Path, pruned: Path) -> tuple[str, str]:
-    """SLERP the dense model with its pruned copy (85/15, the playbook's final round) and score it."""
-    merged = OUT / "merged-slerp.apr"
-    t = time.perf_counter()
-    apr("merge", str(base), str(pruned), "--strategy", "slerp", "--weights", "0.85,0.15", "-o", str(merged), "--json")
-    seconds = time.perf_counter() - t
-    e = apr("eval", str(merged), "--dataset", "stdlib-code", *PPL, "--json")
-    return "merge slerp 0.85/0.15", f"dense + pruned-30 in {seconds:.0f}s, code perplexity {e['value']:.3f}"
-
-
-def quantize_stage(base: Path, rows: list[tuple[str, str]]) -> None:
-    """apr quantize as the playbook runs it: int4 .apr (evaluated) and a q4k GGUF for llama.cpp."""
-    q4 = OUT / "model-q4.apr"
-    t = time.perf_counter()
-    r = apr("quantize", str(base), "--scheme", "int4", "-o", str(q4), "--json")
-    seconds = time.perf_counter() - t
-    e = apr("eval", str(q4), "--dataset", "stdlib-code", *PPL, "--json")
-    g = apr("quantize", str(base), "--scheme", "q4k", "--format", "gguf", "-o", str(OUT / "model.gguf"), "--json")
-    rows.append(("quantize int4", f"{r['report']['output_bytes'] / 2**20:.0f} MiB, "
-                                  f"{r['report']['bits_per_weight']:.2f} bits/weight in {seconds:.0f}s, "
-                                  f"code perplexity {e['value']:.3f}; q4k GGUF "
-                                  f"{g['report']['output_bytes'] / 2**20:.0f} MiB"))
-
-
-def humaneval_stage(base: Path, rows: list[tuple[str, str]]) -> None:
-    """A few HumanEval problems, greedy, executed in the sandbox (the full run is in docs/eval.md)."""
-    r = apr("eval", str(base), "--task", "humaneval", "--allow-code-execution", "--limit", "4",
-            "--max-tokens", "128", "--batch-size", "4", "--no-resume",
-            "--results", str(OUT / "humaneval-demo.jsonl"), "--json")
-    rows.append(("humaneval (4 problems)", f"pass@1 {r['value']:.2f} ({r['passed']}/{r['problems']}), sandbox "
-                                           f"{r['sandbox']}, {r['tokens_per_second']} tok/s, "
-                                           f"{r['samples_per_second']} samples/s"))
-
-
 def main() -> None:
+    missing = missing_sources()
+    if missing:
+        raise SystemExit(f"demo: code sources missing for {', '.join(missing)}: run scripts/install-code-sources.sh "
+                         f"(Rust crates come from Debian packages, as root; TypeScript from npm)")
     OUT.mkdir(parents=True, exist_ok=True)
-    base, hf = OUT / "base.apr", OUT / "base-hf"
-    rows: list[tuple[str, str]] = []
     t = time.perf_counter()
-    apr("import", "smollm2-135m", "-o", str(base), "--json")
-    rows.append(("import", f"{base} in {time.perf_counter() - t:.1f}s"))
-    info = apr("inspect", str(base), "--json")
-    rows.append(("inspect", f"{info['architecture']}, {info['params'] / 1e6:.1f}M params, "
-                            f"{info['bytes'] / 2**20:.0f} MiB, tokenizer {info['tokenizer']['type']} "
-                            f"vocab {info['tokenizer']['vocab_size']}, chat template "
-                            f"{'yes' if info['tokenizer']['chat_template'] else 'no'}"))
-    for corpus in ("stdlib-code", "python-docs"):
-        r = apr("eval", str(base), "--dataset", corpus, *PPL, "--json")
-        rows.append((f"perplexity {corpus}", f"{r['value']:.3f} ({r['tokens']} tokens, seq {r['seq_len']}, "
-                                             f"{r['tokens_per_second']:.0f} tok/s)"))
-    pruned = OUT / "pruned-30.apr"
-    t = time.perf_counter()
-    r = apr("prune", str(base), "--method", "wanda", "--target-ratio", "0.3", "--calibration-samples", "16",
-            "--calibration-seq-len", "128", "-o", str(pruned), "--json")
+    summary = apr("recipe", "run", str(RECIPE), "--workdir", str(OUT), "--json")
     seconds = time.perf_counter() - t
-    e = apr("eval", str(pruned), "--dataset", "stdlib-code", *PPL, "--json")
-    rows.append(("prune wanda 30%", f"sparsity {r['report']['achieved_sparsity']:.3f} in {seconds:.0f}s "
-                                    f"(16 calibration windows), code perplexity {e['value']:.3f}"))
-    rows.append(merge_stage(base, pruned))
-    quantize_stage(base, rows)
-    humaneval_stage(base, rows)
-    apr("export", str(base), "--format", "hf", "-o", str(hf), "--json")
-    diff = logits_match(base, hf)
-    rows.append(("export hf", f"{hf}: transformers logits max |diff| = {diff:.2e}"))
-    width = max(len(k) for k, _ in rows)
-    print("\napr demo summary (SmolLM2-135M-Instruct)")
-    for k, v in rows:
-        print(f"  {k:<{width}}  {v}")
+    steps = {s["step"]: s for s in summary["steps"]}
+    print((OUT / "leaderboard.md").read_text())
+    cached = sum(s["cached"] for s in summary["steps"])
+    print(f"recipe leaderboard: {len(steps)} steps ({cached} cached) in {seconds:.0f}s; "
+          f"table {summary['leaderboard_json']}, chart {summary['chart']}")
+    merged, hf = Path(steps["merged-final"]["output"]), OUT / "merged-final-hf"
+    if not (hf / "config.json").is_file():
+        apr("export", str(merged), "--format", "hf", "-o", str(hf), "--json")
+    diff = logits_match(merged, hf)
+    print(f"export hf: {hf} reproduces apr's logits, max |diff| = {diff:.2e}")
     if diff > 1e-4:
         raise SystemExit("exported model does not reproduce the logits")
 

@@ -44,7 +44,9 @@ def recipe(inputs, tmp_path, steps=None, report=True, name="tiny", **extra_steps
     if report:
         body["report"] = {"models": ["base", "a", "m", "q"],
                           "metrics": [{"name": "ppl", "eval": "perplexity",
-                                       "with": {"dataset": str(inputs / "text.txt"), "seq_len": 32}}]}
+                                       "with": {"dataset": str(inputs / "text.txt"), "seq_len": 32}},
+                                      {"name": "ppl64", "eval": "perplexity", "models": ["base", "q"],
+                                       "with": {"dataset": str(inputs / "text.txt"), "seq_len": 64}}]}
     path = tmp_path / f"{name}.yaml"
     tmp_path.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(body, sort_keys=False))
@@ -58,6 +60,10 @@ def test_run_then_everything_is_cached(inputs, tmp_path):
     assert not any(s["cached"] for s in first["steps"])
     rows = {r["step"]: r for r in first["leaderboard"]}
     assert set(rows) == {"base", "a", "m", "q"} and all(r["ppl"] > 1 for r in rows.values())
+    # a metric restricted to some models is evaluated on those only (a dash in the table)
+    assert rows["a"]["ppl64"] is None and rows["m"]["ppl64"] is None and rows["q"]["ppl64"] > 1
+    assert rows["base"]["ppl64"] != rows["base"]["ppl"]
+    assert "| - |" in (Path(first["leaderboard_json"]).parent / "leaderboard.md").read_text()
     assert rows["q"]["bytes"] < rows["m"]["bytes"]
     assert Path(first["chart"]).is_file() and Path(first["leaderboard_json"]).is_file()
     outputs = {s["step"]: Path(s["output"]) for s in first["steps"]}
@@ -152,3 +158,11 @@ def test_set_overrides_a_step(inputs, tmp_path):
     report = json.loads(run_apr("inspect", out["steps"][-1]["output"], "--json", check=True).stdout)
     assert report["provenance"][-1]["result"]["steps"] == 1
     assert "no step 'zz'" in one_error_line(run_apr("recipe", "run", str(path), "--set", "zz.x=1"))
+
+
+def test_a_metric_restricted_to_an_unreported_model_is_refused(inputs, tmp_path):
+    path = recipe(inputs, tmp_path)
+    body = yaml.safe_load(path.read_text())
+    body["report"]["metrics"][1]["models"] = ["base", "b"]
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    assert "lists 'b', which is not one of the report's models" in one_error_line(run_apr("recipe", "plan", str(path)))

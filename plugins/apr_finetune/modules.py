@@ -140,10 +140,14 @@ def enable_checkpointing(lm) -> None:
 
 
 def lora_state(peft_model) -> dict[str, Any]:
-    """The adapter's tensors under peft's saved names (``base_model.model.<module>.lora_A.weight``)."""
+    """The adapter's tensors under peft's saved names (``base_model.model.<module>.lora_A.weight``).
+
+    Embedding layers are never adapted here, so peft's "did the vocabulary change" probe (which
+    looks for the base's config on disk or on the Hub) is skipped."""
     from peft import get_peft_model_state_dict
 
-    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
+    state = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
 
 
 def load_lora_state(peft_model, state: dict[str, Any]) -> None:

@@ -52,6 +52,9 @@ def leaderboard(recipe: Recipe, done: list[Done], context) -> dict[str, Any]:
         model = pipeline.load(d.output, verify=False)
         row["params"] = model.param_count
         for metric in recipe.metrics:
+            if metric.models is not None and name not in metric.models:
+                row[metric.name] = None
+                continue
             context.log(f"recipe {recipe.name}: {metric.name} of {name}")
             result = _cached_eval(recipe, d, metric, context)
             row[metric.name] = round(float(result["value"]), 4)
@@ -74,7 +77,7 @@ def markdown(rows: list[dict[str, Any]], metrics: list[str]) -> str:
     for r in rows:
         technique = f"{r['action']} {r['technique'] or ''}".strip()
         cells = [r["step"], technique, f"{r['bytes'] / 1e6:.1f}", f"{r['params'] / 1e6:.1f}",
-                 *(f"{r[m]:.4g}" for m in metrics), f"{r['seconds']:.0f}"]
+                 *("-" if r[m] is None else f"{r[m]:.4g}" for m in metrics), f"{r['seconds']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -93,7 +96,7 @@ def draw(rows: list[dict[str, Any]], metrics: list[str], path: Path, title: str)
     names = [r["step"] for r in rows]
     for ax, panel in zip(axes[0], panels):
         values = [r["bytes"] / 1e6 if panel == "size MB" else r[panel] for r in rows]
-        ax.bar(range(len(rows)), values, color="#4c72b0")
+        ax.bar(range(len(rows)), [float("nan") if v is None else v for v in values], color="#4c72b0")
         ax.set_xticks(range(len(rows)), names, rotation=60, ha="right", fontsize=7)
         ax.set_title(panel, fontsize=9)
     fig.suptitle(f"apr recipe {title}")

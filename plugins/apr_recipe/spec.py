@@ -13,6 +13,7 @@ A recipe is YAML (or JSON)::
       models: [base, python-expert, round1]
       metrics:
         - {name: python ppl, eval: perplexity, with: {dataset: stdlib-code, max_tokens: 2048}}
+        - {name: humaneval, eval: humaneval, models: [base, round1], with: {limit: 4}}  # a subset
 
 Each step names one action: ``import: SOURCE``, ``data: BUILDER`` (``apr data`` builders) or
 ``<kind>: <technique>`` for any installed technique kind (finetune, merge, prune, quantize,
@@ -63,6 +64,7 @@ class Metric:
     name: str
     technique: str
     params: dict[str, Any]
+    models: list[str] | None = None  # only these report models (None: all of them)
 
 
 @dataclass
@@ -225,8 +227,15 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
     for i, item in enumerate(report.get("metrics", [])):
         if not isinstance(item, dict) or "eval" not in item:
             raise AprError(f"{where}: report metric {i + 1} needs 'eval' (an evaluate technique) and a 'name'")
+        only = item.get("models")
+        if only is not None:
+            only = [str(m) for m in (only if isinstance(only, list) else [only])]
+            for m in only:
+                if m not in models:
+                    raise AprError(f"{where}: report metric {item.get('name') or item['eval']!r} lists {m!r}, "
+                                   f"which is not one of the report's models")
         metrics.append(Metric(str(item.get("name") or item["eval"]), str(item["eval"]),
-                              {str(k).replace("-", "_"): v for k, v in (item.get("with") or {}).items()}))
+                              {str(k).replace("-", "_"): v for k, v in (item.get("with") or {}).items()}, only))
     _check_metrics(metrics, where)
     name = str(data.get("name") or path.stem)
     workdir = Path(data.get("workdir") or Path("runs") / name)
