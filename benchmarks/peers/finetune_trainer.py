@@ -56,7 +56,7 @@ def main() -> None:
     train_args = TrainingArguments(
         output_dir=args.out, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum, learning_rate=args.learning_rate,
-        warmup_ratio=args.warmup_ratio, lr_scheduler_type="cosine", weight_decay=0.0, max_grad_norm=1.0,
+        warmup_steps=round(args.warmup_ratio * args.steps), lr_scheduler_type="cosine", weight_decay=0.0, max_grad_norm=1.0,
         logging_steps=1, save_strategy="no", report_to=[], seed=args.seed, use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True)
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
