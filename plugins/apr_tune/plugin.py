@@ -88,7 +88,9 @@ def tune(models, task, method, data, budget, strategy, scheduler, time_limit, ma
 
     from . import runner
 
-    warnings.filterwarnings("ignore", module="optuna")
+    from optuna.exceptions import ExperimentalWarning
+
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)
     settings = runner.Settings(
         models=list(models), task=task, method=method, data=data, budget=budget, strategy=strategy,
         scheduler=scheduler, time_limit=time_limit, max_epochs=max_epochs, scout=scout, from_scout=from_scout,

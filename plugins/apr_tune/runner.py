@@ -169,6 +169,8 @@ def _schedule(p: Prepared, technique, kind_, context) -> None:
         per_epoch_reports = max(1, math.ceil(4 / p.epochs))
         p.eval_steps = max(1, p.steps_per_epoch // per_epoch_reports)
         p.fixed["eval_steps"] = p.eval_steps
+    if p.objective.method != "full" and "save_steps" not in p.settings.fixed:
+        p.fixed["save_steps"] = p.eval_steps  # adapters are small: a stopped trial loses at most one eval
 
 
 def _subset(path: str, fraction: float, directory: Path, seed: int) -> str:
@@ -190,22 +192,23 @@ def run(s: Settings, context) -> dict[str, Any]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    deadline = ST.Deadline(ST.parse_duration(s.time_limit))  # counted from the command's start
+    began = time.time()
     p = prepare(s, context)
     obj = p.objective
     direction = obj.direction(s.direction)
     storage_ = ST.storage(s.storage, p.directory)
     p.directory.mkdir(parents=True, exist_ok=True)
     name = s.study_name or ("scout" if s.scout else f"{obj.task}-{obj.method}")
-    sampler_ = ST.sampler(s.strategy, context.seed, s.budget, shared=bool(s.storage),
+    sampler_ = ST.sampler(s.strategy, ST.sampler_seed(context.seed, bool(s.storage)), s.budget, shared=bool(s.storage),
                           grid_space=lambda: S.grid(p.space, p.params, p.counts))
     pruner_ = ST.pruner(s.scheduler if obj.trains and obj.eval_task == "loss" else "none",
                         p.eval_steps or 1, p.total_steps or 1)
     study = ST.open_study(storage_, name, direction, sampler_, pruner_)
-    ST.recover_orphans(study, context.log)
+    ST.recover_orphans(study, context.log, lambda n: str(_trial_dir(p, n)))
+    ST.requeue_stopped(study, context.log, lambda n: str(_trial_dir(p, n)))
     if s.from_scout:
         _enqueue_scout(study, Path(s.from_scout), s.top_k, p, context)
-    deadline = ST.Deadline(ST.parse_duration(s.time_limit))
-    began = time.time()
 
     def trial_fn(trial):
         return _trial(trial, p, deadline, context)
@@ -237,10 +240,13 @@ def _trial(trial, p: Prepared, deadline, context) -> float:
     trial.set_user_attr("worker", ST.worker_id())
     sampled = S.suggest(trial, p.space, p.params, p.counts)
     raw = {**p.fixed, **sampled}
-    trial_dir = p.directory / "trials" / f"{trial.number:04d}"
+    trial_dir = _trial_dir(p, trial.number)
     if trial_dir.exists():
         shutil.rmtree(trial_dir)
     trial_dir.mkdir(parents=True)
+    if _take_checkpoint(trial.user_attrs.get("resume_from"), trial_dir):
+        raw["resume"] = True
+        context.log(f"trial {trial.number}: continues trial {trial.user_attrs.get('retry_of')} from its checkpoint")
     progress = {"step": 0}
     ctx = RunContext(seed=context.seed, device=context.device, dtype=context.dtype, quiet=True)
     reports = p.objective.trains and p.objective.eval_task == "loss"
@@ -271,7 +277,7 @@ def _trial(trial, p: Prepared, deadline, context) -> float:
         raise
     steps = result.steps or p.total_steps
     _account(trial, p, steps, start)
-    if reports and steps:
+    if reports and steps and steps != progress["step"]:
         trial.report(result.value, steps)
     for key, value in (("adapter", result.adapter), ("model", result.model)):
         if value:
@@ -283,6 +289,23 @@ def _trial(trial, p: Prepared, deadline, context) -> float:
     context.log(f"trial {trial.number}: {p.objective.eval_task} {result.value:.6g} "
                 f"({', '.join(f'{k}={_short(v)}' for k, v in sampled.items())})")
     return result.value
+
+
+def _trial_dir(p: Prepared, number: int) -> Path:
+    return p.directory / "trials" / f"{number:04d}"
+
+
+def _take_checkpoint(previous: str | None, trial_dir: Path) -> bool:
+    """Move a stopped or killed trial's run directory (its checkpoints) into the trial that
+    retries it; True when there is a complete checkpoint to resume from."""
+    from apr_core.runtime import checkpoint
+
+    if not previous or not (Path(previous) / "run").is_dir():
+        return False
+    if checkpoint.latest(Path(previous) / "run") is None:
+        return False
+    shutil.move(str(Path(previous) / "run"), str(trial_dir / "run"))
+    return True
 
 
 def _account(trial, p: Prepared, steps: int | None, start: float) -> None:
@@ -421,7 +444,10 @@ def plan(s: Settings, context) -> dict[str, Any]:
     if "rank" in p.space and p.space["rank"].choices:
         raw["rank"] = max(p.space["rank"].choices)
     largest = pipeline.plan(obj.kind, obj.method, s.models, raw, context)
-    report["largest_configuration"] = {k: v for k, v in largest.items() if k != "memory"}
+    if "rank" in raw:
+        report["largest_rank"] = raw["rank"]
+    report.update({k: largest[k] for k in ("device", "compute_dtype", "trainable_params", "peak_memory_bytes",
+                                           "seconds_per_step", "fits_vram") if k in largest})
     report["memory"] = largest.get("memory", [])
     steps = _planned_steps(p, s)
     if steps and largest.get("seconds_per_step"):
@@ -429,7 +455,6 @@ def plan(s: Settings, context) -> dict[str, Any]:
         report.update({"steps_per_trial": steps, "seconds_per_trial": round(per_trial, 1),
                        "seconds_total_at_most": round(per_trial * s.budget, 1)})
     elif largest.get("seconds_per_step"):
-        report["seconds_per_step"] = largest["seconds_per_step"]
         report["cost_note"] = "give --data to estimate steps per trial"
     return report
 

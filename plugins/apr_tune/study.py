@@ -28,8 +28,10 @@ from apr_core.errors import AprError
 SAMPLERS = ("tpe", "random", "grid")
 SCHEDULERS = ("asha", "hyperband", "median", "none")
 JOURNAL = "study.journal"
-HEARTBEAT_SECONDS = 10
-GRACE_SECONDS = 30
+#: a shared study's workers beat every HEARTBEAT seconds; a trial silent for GRACE is failed and
+#: retried (APR_TUNE_HEARTBEAT / APR_TUNE_GRACE override them, e.g. for tests)
+HEARTBEAT_SECONDS = int(os.environ.get("APR_TUNE_HEARTBEAT", "10"))
+GRACE_SECONDS = int(os.environ.get("APR_TUNE_GRACE", "30"))
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -81,6 +83,16 @@ def _redact(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
+def sampler_seed(seed: int, shared: bool) -> int:
+    """The sampler's seed: ``seed`` for a study of one worker (reproducible); on shared storage
+    mixed with the worker's id, or every worker would draw the same random start-up points."""
+    if not shared:
+        return seed
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}:{worker_id()}".encode()).digest()[:4], "little")
+
+
 def sampler(name: str, seed: int, budget: int, shared: bool, grid_space: Callable[[], dict] | None = None):
     """``tpe``: multivariate TPE (constant liar when workers share the study, so parallel trials
     do not all sample the same point); ``random``; ``grid``."""
@@ -127,9 +139,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def recover_orphans(study, log: Callable[[str], None]) -> int:
+def recover_orphans(study, log: Callable[[str], None], trial_dir: Callable[[int], str]) -> int:
     """Fail the RUNNING trials whose worker process on this host is gone (killed), and queue
-    their parameters again, so a killed run's study continues where it stopped."""
+    their parameters again (resuming from their last checkpoint), so a killed run's study
+    continues where it stopped."""
     from optuna.trial import TrialState
 
     host, n = socket.gethostname(), 0
@@ -139,11 +152,27 @@ def recover_orphans(study, log: Callable[[str], None]) -> int:
         if name != host or not pid.isdigit() or _alive(int(pid)):
             continue
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        attrs = {k: v for k, v in t.user_attrs.items() if k in ("retry_of",)}
-        study.enqueue_trial(t.params, user_attrs={**attrs, "retry_of": attrs.get("retry_of", t.number)},
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "resume_from": trial_dir(t.number)},
                             skip_if_exists=False)
         log(f"trial {t.number}: its worker ({owner}) is gone; marked failed and queued again")
         n += 1
+    return n
+
+
+def requeue_stopped(study, log: Callable[[str], None], trial_dir: Callable[[int], str]) -> int:
+    """Queue again (once) the trials an earlier run's --time-limit stopped, to resume from their
+    checkpoints."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    n = 0
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get("stopped") == "time-limit" and t.number not in retried:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "resume_from": trial_dir(t.number)},
+                                skip_if_exists=False)
+            log(f"trial {t.number}: stopped by the last run's --time-limit; queued to continue")
+            n += 1
     return n
 
 
