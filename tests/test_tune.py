@@ -290,7 +290,8 @@ def test_two_workers_on_postgres_one_killed_mid_trial(work, tmp_path):
             ts = optuna.load_study(study_name=name, storage=storage).get_trials()
         except KeyError:  # not created yet
             ts = []
-        mine = [t for t in ts if t.state.name == "RUNNING" and t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
+        mine = [t for t in ts if t.state.name == "RUNNING" and len(t.params) == 4  # sampled: now training
+                and t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
         if mine and any(t.state.name == "COMPLETE" for t in ts):
             break
         time.sleep(0.3)
