@@ -19,7 +19,7 @@ from apr_core.errors import AprError
 from apr_core.params import Param, Search
 from apr_core.technique import RunContext
 from apr_core.testing import write_tiny
-from helpers import one_error_line, run_apr
+from helpers import one_error_line, run_apr, run_without_heavy_imports
 
 optuna = pytest.importorskip("optuna")
 
@@ -99,6 +99,23 @@ def test_bad_space_file_is_one_line_and_exit_2(work, tmp_path, text, message):
                    "--space", str(f), "--output-dir", str(tmp_path / "out"), cwd=tmp_path)
     assert message in one_error_line(proc)
     assert not (tmp_path / "out").exists()
+
+
+def test_help_loads_no_heavy_module():
+    run_without_heavy_imports(["tune", "--help"])
+
+
+@pytest.mark.parametrize("kw,message", [({"budget": 0}, "--budget"), ({"strategy": "bayes"}, "--strategy"),
+                                        ({"scheduler": "sha"}, "--scheduler"), ({"time_limit": "soon"}, "--time-limit"),
+                                        ({"task": "classfy"}, "--task"), ({"method": "lorra"}, "lorra"),
+                                        ({"fixed": {"rnk": "8"}}, "--rnk does not apply"),
+                                        ({"fixed": {"batch_size": "0"}}, "--batch-size must be"),
+                                        ({"scout": True, "from_scout": "x"}, "two phases"),
+                                        ({"from_scout": "nowhere"}, "no space.yaml")])
+def test_bad_settings_fail_before_anything_runs(work, tmp_path, kw, message):
+    with pytest.raises(AprError, match=message):
+        runner.run(settings(work, tmp_path, **kw), ctx())
+    assert not (tmp_path / "results").exists()
 
 
 def test_grid_and_narrowing():
