@@ -329,3 +329,24 @@ def test_two_workers_on_postgres_one_killed_mid_trial(work, tmp_path):
     assert killed.state.name == "FAIL"
     retried = [t for t in ts if t.system_attrs.get("failed_trial") == killed_number]
     assert retried and retried[0].state.name == "COMPLETE" and retried[0].params == killed.params
+
+
+def test_prune_and_merge_objectives_score_with_an_evaluate_technique(work, tmp_path):
+    base = str(work / "qwen-7b.apr")
+    others = [write_tiny(tmp_path / f"m{i}.apr", "qwen2", seed=i) for i in (1, 2)]
+    pruned = runner.run(runner.Settings(models=[base], task="prune", method="magnitude", budget=2,
+                                        output_dir=str(tmp_path / "p"), eval_params={"max_tokens": "128"}), ctx())
+    assert pruned["objective"] == "perplexity" and pruned["trials"] == {"complete": 2}
+    rows = trials(tmp_path / "p")
+    ratio = rows[0]["params"]["target_ratio"]
+    assert 0.1 <= ratio <= 0.7
+    model = pipeline.load(rows[0]["model"])
+    assert model.provenance[-1]["params"]["target_ratio"] == ratio
+    assert rows[0]["value"] == pytest.approx(
+        pipeline.run("evaluate", "perplexity", [rows[0]["model"]], {"max_tokens": "128"})["value"])
+    merged = runner.run(runner.Settings(models=others, task="merge", method="ties", budget=2,
+                                        fixed={"base_model": base}, output_dir=str(tmp_path / "m"),
+                                        eval_params={"max_tokens": "128"}), ctx())
+    assert merged["trials"] == {"complete": 2}
+    weights = trials(tmp_path / "m")[0]["technique_params"]["weights"]
+    assert len(weights) == 2 and all(0 <= w <= 1 for w in weights)

@@ -286,6 +286,10 @@ def _trial(trial, p: Prepared, deadline, context) -> float:
         trial.set_user_attr(key, value)
     if not p.settings.keep_trials:
         shutil.rmtree(trial_dir / "run", ignore_errors=True)
+    else:  # a completed trial needs no checkpoint to resume: keep its log and chart, free the disk
+        from apr_core.runtime import checkpoint
+
+        shutil.rmtree(checkpoint.directory(trial_dir / "run"), ignore_errors=True)
     context.log(f"trial {trial.number}: {p.objective.eval_task} {result.value:.6g} "
                 f"({', '.join(f'{k}={_short(v)}' for k, v in sampled.items())})")
     return result.value
