@@ -118,6 +118,12 @@ def test_bad_settings_fail_before_anything_runs(work, tmp_path, kw, message):
     assert not (tmp_path / "results").exists()
 
 
+def test_output_that_would_replace_the_input_is_refused_before_any_trial(work, tmp_path):
+    with pytest.raises(AprError, match="replace the input"):
+        runner.run(settings(work, tmp_path, output=str(work / "qwen-7b.apr")), ctx())
+    assert not (tmp_path / "results").exists()
+
+
 def test_grid_and_narrowing():
     params = (Param("lr", "float", 1e-3, search=Search(1e-4, 1e-2, log=True)),
               Param("r", "int", 8, search=Search(choices=(4, 8, 16))),

@@ -111,7 +111,7 @@ class Finetune(Objective):
 
         if trial.get("adapter") and Path(trial["adapter"]).is_dir():
             return pipeline.run("finetune", self.method, sources, {"adapter": trial["adapter"], "merge": True},
-                                output=output, context=context, force=True)
+                                output=output, context=context)
         return super().best_model(sources, trial, output, context)
 
 

@@ -102,6 +102,12 @@ def prepare(s: Settings, context, load_data: bool = True) -> Prepared:
     if s.vram is not None and "vram" in {p.name for p in params}:
         fixed["vram"] = s.vram
     directory = Path(s.output_dir or (SCOUT_DIR if s.scout else TUNE_DIR))
+    if directory.resolve() == Path.cwd().resolve() or directory.resolve() in Path.cwd().resolve().parents:
+        raise AprError(f"--output-dir {directory} is the current directory or above it; name a new one")
+    if s.output:
+        from apr_core.atomic import check_destination
+
+        check_destination(s.output, s.models, None)  # before hours of trials, not after
     overrides: dict[str, S.Search | None] = {}
     if s.from_scout:
         scout = Path(s.from_scout)
