@@ -52,9 +52,10 @@ TARGETS = Param("target_modules", "str", "q_proj,v_proj", "Linear modules to ada
 DOUBLE_QUANT = Param("double_quant", "bool", True, "Quantize the NF4 block scales too (QLoRA's double quantization)")
 
 
-def learning_rate(default: float, low: float, high: float) -> Param:
+def learning_rate(default: float, low: float | None = None, high: float | None = None) -> Param:
+    """``--learning-rate``; with ``low``/``high``, ``apr tune`` searches it on a log scale."""
     return Param("learning_rate", "float", default, "Peak learning rate", min=0, min_exclusive=True,
-                 search=Search(low, high, log=True))
+                 search=Search(low, high, log=True) if low is not None and high is not None else None)
 
 
 #: ``apr tune`` searches the adapter methods' learning rate over 1e-5..1e-3 (log), the rank over
