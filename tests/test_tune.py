@@ -356,3 +356,39 @@ def test_prune_and_merge_objectives_score_with_an_evaluate_technique(work, tmp_p
     assert merged["trials"] == {"complete": 2}
     weights = trials(tmp_path / "m")[0]["technique_params"]["weights"]
     assert len(weights) == 2 and all(0 <= w <= 1 for w in weights)
+
+
+def test_time_limit_stops_a_running_trial_and_the_next_run_continues_it(work, tmp_path, monkeypatch):
+    calls = {"n": 0}
+
+    def passed(self):  # the loop's check before the trial, then one per evaluation: time is up at the second
+        if self.end is None:
+            return False
+        calls["n"] += 1
+        return calls["n"] >= 3
+
+    monkeypatch.setattr(ST.Deadline, "passed", passed)
+    s = settings(work, tmp_path, budget=1, max_epochs=4, scheduler="none", time_limit="8h")
+    first = runner.run(s, ctx())
+    assert first["stopped"] == "time-limit" and first["trials"] == {"fail": 1}
+    stopped = trials(s.output_dir)[0]
+    assert stopped["stopped"] == "time-limit" and stopped["steps"] == 6  # evaluations at steps 3 and 6
+    s.time_limit = None
+    second = runner.run(s, ctx())
+    assert second["trials"] == {"fail": 1, "complete": 1}
+    retry = trials(s.output_dir)[1]
+    assert retry["retry_of"] == 0 and retry["params"] == stopped["params"]
+    # resumed from the checkpoint of step 3 (written at every evaluation), not from scratch
+    assert list(retry["intermediate"]) == ["6", "9", "12"]
+
+
+def test_samplers_and_schedulers():
+    assert isinstance(ST.pruner("asha", 3, 12), optuna.pruners.SuccessiveHalvingPruner)
+    assert isinstance(ST.pruner("hyperband", 3, 12), optuna.pruners.HyperbandPruner)
+    assert isinstance(ST.pruner("median", 3, 12), optuna.pruners.MedianPruner)
+    assert isinstance(ST.pruner("none", 3, 12), optuna.pruners.NopPruner)
+    shared = ST.sampler("tpe", 0, 20, shared=True)
+    assert shared._constant_liar and shared._multivariate
+    assert not ST.sampler("tpe", 0, 20, shared=False)._constant_liar
+    assert ST.sampler_seed(0, False) == 0 and ST.sampler_seed(0, True) != ST.sampler_seed(1, True)
+    assert isinstance(ST.sampler("random", 0, 20, False), optuna.samplers.RandomSampler)
