@@ -151,6 +151,8 @@ def recover_orphans(study, log: Callable[[str], None], trial_dir: Callable[[int]
         name, _, pid = owner.rpartition(":")
         if name != host or not pid.isdigit() or _alive(int(pid)):
             continue
+        # optuna has no public call to fail another process's trial; the storage API is what its own
+        # heartbeat check (fail_stale_trials) uses
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "resume_from": trial_dir(t.number)},
                             skip_if_exists=False)
@@ -213,8 +215,7 @@ def loop(study, run_trial: Callable, budget: int, deadline: Deadline, log: Calla
             return "budget"
         if finished + c["running"] >= budget and c["waiting"] == 0:
             time.sleep(1.0)  # other workers hold the last trials: wait for them (or their heartbeat)
-            if optuna.storages._heartbeat.is_heartbeat_enabled(study._storage):
-                optuna.storages.fail_stale_trials(study)
+            optuna.storages.fail_stale_trials(study)  # a no-op without heartbeats (the journal)
             continue
         if deadline.passed():
             return "time-limit"
