@@ -392,3 +392,25 @@ def test_samplers_and_schedulers():
     assert not ST.sampler("tpe", 0, 20, shared=False)._constant_liar
     assert ST.sampler_seed(0, False) == 0 and ST.sampler_seed(0, True) != ST.sampler_seed(1, True)
     assert isinstance(ST.sampler("random", 0, 20, False), optuna.samplers.RandomSampler)
+
+
+def test_a_configuration_that_runs_out_of_memory_fails_alone(work, tmp_path, monkeypatch):
+    import torch
+
+    from apr_tune import objectives
+
+    real, calls = objectives.Finetune.run, []
+
+    def run(self, sources, params, trial_dir, context):
+        calls.append(params["rank"])
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, sources, params, trial_dir, context)
+
+    monkeypatch.setattr(objectives.Finetune, "run", run)
+    s = settings(work, tmp_path, budget=1, max_epochs=1, scheduler="none")
+    summary = runner.run(s, ctx())
+    assert summary["trials"] == {"fail": 1, "complete": 1}
+    first = trials(s.output_dir)[0]
+    assert first["state"] == "fail" and first["error"].startswith("out of memory")
+    assert not (Path(s.output_dir) / "trials" / "0000").exists()

@@ -281,6 +281,14 @@ def _trial(trial, p: Prepared, deadline, context) -> float:
         _account(trial, p, progress["step"], start)
         context.log(f"trial {trial.number}: stopped by --time-limit at step {progress['step']}")
         raise
+    except Exception as exc:  # noqa: BLE001 - only running out of memory is a property of the configuration
+        if not _out_of_memory(exc):
+            raise
+        _account(trial, p, progress["step"], start)
+        trial.set_user_attr("error", f"out of memory: {str(exc).splitlines()[0][:160]}")
+        context.log(f"trial {trial.number}: out of memory; the study continues with other configurations")
+        shutil.rmtree(trial_dir, ignore_errors=True)
+        raise ST.TrialFailed(str(exc)) from None
     steps = result.steps or p.total_steps
     _account(trial, p, steps, start)
     if reports and steps and steps != progress["step"]:
@@ -318,6 +326,17 @@ def _take_checkpoint(previous: str | None, trial_dir: Path) -> bool:
     return True
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
 def _account(trial, p: Prepared, steps: int | None, start: float) -> None:
     """Compute spent: optimizer steps and trial-epochs (steps / steps per epoch)."""
     trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
@@ -351,6 +370,7 @@ def _rows(study) -> list[dict[str, Any]]:
                      "model": t.user_attrs.get("model"), "worker": t.user_attrs.get("worker"),
                      "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
                      **({"stopped": t.user_attrs["stopped"]} if "stopped" in t.user_attrs else {}),
+                     **({"error": t.user_attrs["error"]} if "error" in t.user_attrs else {}),
                      **({"from_scout_trial": t.user_attrs["from_scout_trial"]}
                         if "from_scout_trial" in t.user_attrs else {}),
                      **({"retry_of": t.user_attrs["retry_of"]} if "retry_of" in t.user_attrs else {})})

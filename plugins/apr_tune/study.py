@@ -201,6 +201,10 @@ class TimeUp(Exception):
     """Raised inside a trial at an evaluation after the time limit."""
 
 
+class TrialFailed(Exception):
+    """A trial whose configuration cannot run (out of memory): recorded as failed, the study goes on."""
+
+
 def loop(study, run_trial: Callable, budget: int, deadline: Deadline, log: Callable[[str], None],
          callbacks: list | None = None) -> str:
     """Run trials until ``budget`` are finished (complete or pruned), the deadline passes, or a
@@ -208,6 +212,7 @@ def loop(study, run_trial: Callable, budget: int, deadline: Deadline, log: Calla
     import optuna
     from optuna.trial import TrialState
 
+    failed_here = 0
     while True:
         c = counts(study)
         finished = c["complete"] + c["pruned"]
@@ -222,10 +227,15 @@ def loop(study, run_trial: Callable, budget: int, deadline: Deadline, log: Calla
         if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study) \
                 and c["waiting"] == 0:
             return "grid-exhausted"
-        study.optimize(run_trial, n_trials=1, catch=(TimeUp,), gc_after_trial=True, callbacks=callbacks)
+        study.optimize(run_trial, n_trials=1, catch=(TimeUp, TrialFailed), gc_after_trial=True, callbacks=callbacks)
         last = study.get_trials(deepcopy=False)[-1] if study.get_trials(deepcopy=False) else None
         if last is not None and last.state == TrialState.FAIL and last.user_attrs.get("stopped") == "time-limit":
             return "time-limit"
+        if last is not None and last.state == TrialState.FAIL and "error" in last.user_attrs:
+            failed_here += 1
+            if failed_here >= budget:
+                raise AprError(f"{failed_here} trials ran out of memory ({last.user_attrs['error']}); lower "
+                               f"--set batch_size or max_seq_len, or narrow the space with --space")
         _release()
 
 
