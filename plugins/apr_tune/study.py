@@ -233,7 +233,7 @@ def loop(study, run_trial: Callable, budget: int, deadline: Deadline, log: Calla
             return "time-limit"
         if last is not None and last.state == TrialState.FAIL and "error" in last.user_attrs:
             failed_here += 1
-            if failed_here >= budget:
+            if failed_here >= max(3, budget):
                 raise AprError(f"{failed_here} trials ran out of memory ({last.user_attrs['error']}); lower "
                                f"--set batch_size or max_seq_len, or narrow the space with --space")
         _release()
