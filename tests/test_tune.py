@@ -45,6 +45,8 @@ def settings(work, tmp_path, **kw):
     kw.setdefault("fixed", dict(SMALL))
     kw.setdefault("output_dir", str(tmp_path / "results"))
     kw.setdefault("data", str(work / "code-instruct-50k.jsonl"))
+    if kw["data"] is None:
+        del kw["data"]
     return runner.Settings(models=[str(work / "qwen-7b.apr")], **kw)
 
 
@@ -111,7 +113,8 @@ def test_help_loads_no_heavy_module():
                                         ({"fixed": {"rnk": "8"}}, "--rnk does not apply"),
                                         ({"fixed": {"batch_size": "0"}}, "--batch-size must be"),
                                         ({"scout": True, "from_scout": "x"}, "two phases"),
-                                        ({"from_scout": "nowhere"}, "no space.yaml")])
+                                        ({"from_scout": "nowhere"}, "no space.yaml"),
+                                        ({"data": None}, "needs --data")])
 def test_bad_settings_fail_before_anything_runs(work, tmp_path, kw, message):
     with pytest.raises(AprError, match=message):
         runner.run(settings(work, tmp_path, **kw), ctx())

@@ -202,6 +202,8 @@ def run(s: Settings, context) -> dict[str, Any]:
     began = time.time()
     p = prepare(s, context)
     obj = p.objective
+    if obj.trains and not p.fixed.get("data"):
+        raise AprError(f"apr tune --task {obj.task} needs --data FILE.jsonl (or --plan)")
     direction = obj.direction(s.direction)
     storage_ = ST.storage(s.storage, p.directory)
     p.directory.mkdir(parents=True, exist_ok=True)
