@@ -213,7 +213,12 @@ def run(s: Settings, context) -> dict[str, Any]:
     pruner_ = ST.pruner(s.scheduler if obj.trains and obj.eval_task == "loss" else "none",
                         p.eval_steps or 1, p.total_steps or 1)
     study = ST.open_study(storage_, name, direction, sampler_, pruner_)
-    ST.recover_orphans(study, context.log, lambda n: str(_trial_dir(p, n)))
+    # the journal has no heartbeats: trials of dead local processes are found by their pid (a
+    # database storage's heartbeat fails and retries them, on any host)
+    recover = None if isinstance(storage_, optuna.storages.RDBStorage) else \
+        (lambda: ST.recover_orphans(study, context.log, lambda n: str(_trial_dir(p, n))))
+    if recover is not None:
+        recover()
     ST.requeue_stopped(study, context.log, lambda n: str(_trial_dir(p, n)))
     if s.from_scout:
         _enqueue_scout(study, Path(s.from_scout), s.top_k, p, context)
@@ -224,7 +229,7 @@ def run(s: Settings, context) -> dict[str, Any]:
     def after(study_, _trial_):
         write_results(study_, p, partial=True)
 
-    stopped = ST.loop(study, trial_fn, s.budget, deadline, context.log, callbacks=[after])
+    stopped = ST.loop(study, trial_fn, s.budget, deadline, context.log, callbacks=[after], recover=recover)
     summary = write_results(study, p)
     summary.update({"stopped": stopped, "seconds": round(time.time() - began, 2), "study": name,
                     "storage": ST._redact(s.storage) if s.storage else str(p.directory / ST.JOURNAL),

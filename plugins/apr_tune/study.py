@@ -139,17 +139,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: a live worker names itself on its trial at once; a RUNNING trial still unnamed after this long
+#: was created by a process killed in that instant
+UNNAMED_SECONDS = 30
+
+
 def recover_orphans(study, log: Callable[[str], None], trial_dir: Callable[[int], str]) -> int:
     """Fail the RUNNING trials whose worker process on this host is gone (killed), and queue
     their parameters again (resuming from their last checkpoint), so a killed run's study
     continues where it stopped."""
+    import datetime
+
     from optuna.trial import TrialState
 
     host, n = socket.gethostname(), 0
+    now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = str(t.user_attrs.get("worker", ""))
         name, _, pid = owner.rpartition(":")
-        if name != host or not pid.isdigit() or _alive(int(pid)):
+        if not owner:
+            if t.datetime_start is None or (now - t.datetime_start).total_seconds() < UNNAMED_SECONDS:
+                continue
+            owner = "a process killed as the trial began"
+        elif name != host or not pid.isdigit() or _alive(int(pid)):
             continue
         # optuna has no public call to fail another process's trial; the storage API is what its own
         # heartbeat check (fail_stale_trials) uses
@@ -206,7 +218,7 @@ class TrialFailed(Exception):
 
 
 def loop(study, run_trial: Callable, budget: int, deadline: Deadline, log: Callable[[str], None],
-         callbacks: list | None = None) -> str:
+         callbacks: list | None = None, recover: Callable[[], Any] | None = None) -> str:
     """Run trials until ``budget`` are finished (complete or pruned), the deadline passes, or a
     grid is exhausted. Returns why it stopped."""
     import optuna
@@ -221,6 +233,8 @@ def loop(study, run_trial: Callable, budget: int, deadline: Deadline, log: Calla
         if finished + c["running"] >= budget and c["waiting"] == 0:
             time.sleep(1.0)  # other workers hold the last trials: wait for them (or their heartbeat)
             optuna.storages.fail_stale_trials(study)  # a no-op without heartbeats (the journal)
+            if recover is not None:
+                recover()  # the journal: trials of processes that died since
             continue
         if deadline.passed():
             return "time-limit"
