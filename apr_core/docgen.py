@@ -54,12 +54,14 @@ def techniques_page() -> str:
             if t.paper:
                 out.append(f"Reference: {t.paper}.\n\n")
             if t.params:
-                out.append("| option | type | default | range | meaning |\n|---|---|---|---|---|\n")
+                out.append("| option | type | default | range | `apr tune` space | meaning |\n"
+                           "|---|---|---|---|---|---|\n")
                 for p in t.params:
                     default = "" if p.default is None else p.default_text()
                     choices = "/".join(p.choices)
+                    space = p.search.describe() if p.search else ""
                     out.append(f"| `{p.cli_flag}` | {p.type}{' ' + choices if choices else ''} | {default} | "
-                               f"{p.range_text()} | {p.help} |\n")
+                               f"{p.range_text()} | {space} | {p.help} |\n")
                 out.append("\n")
     return "".join(out)
 

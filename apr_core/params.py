@@ -18,6 +18,42 @@ _METAVARS = {"float": "FLOAT", "int": "INT", "str": "TEXT", "floats": "A,B,...",
 
 
 @dataclass(frozen=True)
+class Search:
+    """Where a hyperparameter search (``apr tune``) looks for a parameter's value.
+
+    Either a numeric range ``[low, high]`` (``log`` samples it on a log scale, ``step`` makes it
+    discrete) or a tuple of ``choices``. Declared next to the parameter it searches, so a
+    technique's tunable space lives with its defaults and ranges; ``apr tune --space FILE``
+    overrides it.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    def __post_init__(self):
+        if self.choices:
+            if self.low is not None or self.high is not None:
+                raise ValueError("a Search has either choices or a low/high range, not both")
+            return
+        if self.low is None or self.high is None:
+            raise ValueError("a Search needs low and high, or choices")
+        if self.low > self.high:
+            raise ValueError(f"empty search range [{self.low}, {self.high}]")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale search range must be positive, got low={self.low}")
+
+    def describe(self) -> str:
+        if self.choices:
+            return "{" + ", ".join(_fmt(c) for c in self.choices) + "}"
+        scale = ", log" if self.log else ""
+        step = f", step {_fmt(self.step)}" if self.step else ""
+        return f"[{_fmt(self.low)}, {_fmt(self.high)}{scale}{step}]"
+
+
+@dataclass(frozen=True)
 class Param:
     """One declared parameter of a technique.
 
@@ -25,7 +61,8 @@ class Param:
     ``*_exclusive`` flag is set); for ``floats`` and ``ints`` they bound every element.
     ``recorded`` is False for options that cannot change the result (``--resume``,
     ``--save-steps``): they are left out of the output's provenance, so a resumed run
-    writes the same bytes as an uninterrupted one.
+    writes the same bytes as an uninterrupted one. ``search`` is the parameter's default
+    search space for ``apr tune`` (None: not tuned unless a space file names it).
     """
 
     name: str
@@ -40,6 +77,7 @@ class Param:
     required: bool = False
     flag: str | None = None
     recorded: bool = True
+    search: Search | None = None
 
     def __post_init__(self):
         if self.type not in TYPES:

@@ -18,7 +18,7 @@ import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
 from .params import Param, resolve
 
@@ -102,6 +102,9 @@ class RunContext:
     them in provenance, with their hashes, after the positional inputs.
     ``output_format`` is the format the result will be written in (``hf``,
     ``apr`` ...), when known, so a technique can check and describe what is written.
+    ``on_eval`` is called by training loops with ``(step, held_out_loss, epoch)`` after each
+    intermediate evaluation (every ``eval_steps`` and at each epoch's end); a hyperparameter
+    search reports it to its pruner and may raise to stop the run there.
     """
 
     seed: int = 0
@@ -117,6 +120,7 @@ class RunContext:
     report: dict[str, Any] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)
     extra_inputs: list[Any] = field(default_factory=list)
+    on_eval: Callable[[int, float, float], None] | None = None
 
     def log(self, message: str) -> None:
         """A human-readable progress line on stderr (never stdout, which carries --json)."""

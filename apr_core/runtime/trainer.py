@@ -262,8 +262,12 @@ class Trainer:
                 train_loss = _mean_over_processes(acc, step_loss, n_targets, world)
                 row: dict[str, Any] = {"step": step + 1, "loss": round(train_loss, 6),
                                        "lr": scheduler.get_last_lr()[0], "targets": n_targets}
-                if self.s.eval_steps and (step + 1) % self.s.eval_steps == 0 and self.held_out:
+                due = bool(self.s.eval_steps) and (step + 1) % self.s.eval_steps == 0
+                epoch_end = self.context.on_eval is not None and (step + 1) % per_epoch == 0 and step + 1 < total
+                if (due or epoch_end) and self.held_out:
                     row["eval_loss"] = self.evaluate(model, dev, dtype, autocast)
+                    if self.context.on_eval is not None:
+                        self.context.on_eval(step + 1, row["eval_loss"], (step + 1) / per_epoch)
                 log.append(row)
                 self._advance(bar, row, seen_tokens, began)
                 if self.s.save_steps and (step + 1) % self.s.save_steps == 0 and step + 1 < total:

@@ -7,7 +7,7 @@ modules q_proj and v_proj, learning rate 2e-4 for adapters) and common practice 
 
 from __future__ import annotations
 
-from apr_core.params import Param
+from apr_core.params import Param, Search
 
 DATA = Param("data", "path", None, "Training jsonl: instruction/input/output, prompt/completion, messages or "
              "text per line (docs/finetune.md)")
@@ -43,22 +43,27 @@ MERGE = Param("merge", "bool", False, "Merge --adapter into MODEL and write the 
 SHARED = (DATA, EVAL_DATA, EVAL_SPLIT, EPOCHS, MAX_STEPS, BATCH, ACCUM, SEQ, PACKING, TRAIN_ON_PROMPT, CHAT, WARMUP,
           DECAY, CLIP, OPTIMIZER, EVAL_STEPS, SAVE_STEPS, CHECKPOINTING, RESUME, VRAM, ADAPTER, MERGE)
 
-RANK = Param("rank", "int", 16, "LoRA rank r", min=1)
+RANK = Param("rank", "int", 16, "LoRA rank r", min=1, search=Search(choices=(4, 8, 16, 32, 64)))
 ALPHA = Param("alpha", "float", None, "LoRA alpha (default 2 x rank); updates are scaled by alpha / r",
-              min=0, min_exclusive=True)
-DROPOUT = Param("dropout", "float", 0.05, "Dropout on the LoRA input", min=0, max=1, max_exclusive=True)
+              min=0, min_exclusive=True, search=Search(4.0, 128.0, log=True))
+DROPOUT = Param("dropout", "float", 0.05, "Dropout on the LoRA input", min=0, max=1, max_exclusive=True,
+                search=Search(0.0, 0.2))
 TARGETS = Param("target_modules", "str", "q_proj,v_proj", "Linear modules to adapt, comma-separated, or all-linear")
 DOUBLE_QUANT = Param("double_quant", "bool", True, "Quantize the NF4 block scales too (QLoRA's double quantization)")
 
 
-def learning_rate(default: float) -> Param:
-    return Param("learning_rate", "float", default, "Peak learning rate", min=0, min_exclusive=True)
+def learning_rate(default: float, low: float | None = None, high: float | None = None) -> Param:
+    """``--learning-rate``; with ``low``/``high``, ``apr tune`` searches it on a log scale."""
+    return Param("learning_rate", "float", default, "Peak learning rate", min=0, min_exclusive=True,
+                 search=Search(low, high, log=True) if low is not None and high is not None else None)
 
 
-LORA = (RANK, ALPHA, DROPOUT, TARGETS, learning_rate(2e-4))
+#: ``apr tune`` searches the adapter methods' learning rate over 1e-5..1e-3 (log), the rank over
+#: 4..64, alpha over 4..128 (log) and the dropout over 0..0.2; full fine-tuning's rate over 1e-6..1e-4
+LORA = (RANK, ALPHA, DROPOUT, TARGETS, learning_rate(2e-4, 1e-5, 1e-3))
 QLORA = LORA + (DOUBLE_QUANT,)
-FULL = (learning_rate(2e-5),)
-AUTO = (RANK, ALPHA, DROPOUT, TARGETS, learning_rate(2e-4), DOUBLE_QUANT)
+FULL = (learning_rate(2e-5, 1e-6, 1e-4),)
+AUTO = (RANK, ALPHA, DROPOUT, TARGETS, learning_rate(2e-4, 1e-5, 1e-3), DOUBLE_QUANT)
 
 #: the parameters that change what a run computes: they and the data make its fingerprint
 #: (--resume, --save-steps, --eval-steps and --vram, the unrecorded ones, do not)

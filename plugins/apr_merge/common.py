@@ -18,7 +18,7 @@ from typing import Any
 
 from apr_core.errors import AprError
 from apr_core.model import LazyTensor, Model, _jsonable
-from apr_core.params import Param
+from apr_core.params import Param, Search
 from apr_core.technique import RunContext, TransformTechnique
 
 from .align import TensorPlan, align, label
@@ -30,7 +30,8 @@ BASE_MODEL = Param("base_model", "path", None,
 
 
 def weights_param(help_text: str, required: bool = False, default: tuple | None = None) -> Param:
-    return Param("weights", "floats", default, help_text, min=0, required=required)
+    return Param("weights", "floats", default, help_text, min=0, required=required,
+                 search=Search(0.0, 1.0))
 
 
 class MergeTechnique(TransformTechnique):

@@ -23,19 +23,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apr_core.params import Param
+from apr_core.params import Param, Search
 
 from .common import BASE_MODEL, MergeTechnique, stream_seed, weights_param
 
 SCALING = Param("scaling", "float", 1.0, "lambda: the merged task vector is multiplied by this before it is "
-                "added to the base")
+                "added to the base", search=Search(0.3, 1.5))
 WEIGHTS = weights_param("One weight per model: task-vector strategies weigh each task vector (default equal); "
                         "weighted: shares, normalised; slerp: a,b shares of the first and second model")
 DENSITY = Param("density", "float", 0.2, "Fraction of each task vector kept, by magnitude, per tensor "
                 "(TIES' k = floor(density * n); the paper's default keeps the top 20%)", min=0, max=1,
-                min_exclusive=True)
+                min_exclusive=True, search=Search(0.05, 0.9))
 DROP_RATE = Param("drop_rate", "float", 0.3, "Probability of dropping each task-vector entry; survivors are "
-                  "scaled by 1/(1-p)", min=0, max=1, max_exclusive=True)
+                  "scaled by 1/(1-p)", min=0, max=1, max_exclusive=True,
+                  search=Search(0.1, 0.9))
 
 
 def normalize_param(default: bool) -> Param:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from apr_core.errors import AprError
-from apr_core.params import Param
+from apr_core.params import Param, Search
 from apr_core.technique import Kind, TransformTechnique
 
 PRUNE_KIND = Kind("prune", "method", "Remove weights, heads, channels or layers.", 1, 1, default="wanda",
@@ -20,7 +20,8 @@ PRUNE_KIND = Kind("prune", "method", "Remove weights, heads, channels or layers.
 
 def ratio_param(help_text: str, default: float | None) -> Param:
     """``--target-ratio``, strictly between 0 and 1, with a method-specific meaning."""
-    return Param("target_ratio", "float", default, help_text, min=0, max=1, min_exclusive=True, max_exclusive=True)
+    return Param("target_ratio", "float", default, help_text, min=0, max=1, min_exclusive=True, max_exclusive=True,
+                 search=Search(0.1, 0.7))
 
 
 TARGET_RATIO = ratio_param("Fraction of weights to remove (default 0.5, or what an N:M pattern implies)", None)

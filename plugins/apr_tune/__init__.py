@@ -1,0 +1,1 @@
+"""apr tune: hyperparameter search over any technique (optuna), as an apr plugin."""
