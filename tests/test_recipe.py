@@ -166,3 +166,35 @@ def test_a_metric_restricted_to_an_unreported_model_is_refused(inputs, tmp_path)
     body["report"]["metrics"][1]["models"] = ["base", "b"]
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     assert "lists 'b', which is not one of the report's models" in one_error_line(run_apr("recipe", "plan", str(path)))
+
+
+def test_a_tune_step_writes_the_best_model_and_is_cached(inputs, tmp_path):
+    steps = {"base": {"import": str(inputs / "base.apr")},
+             "best": {"tune": "classify", "input": "base",
+                      "with": {"method": "lora", "data": str(inputs / "a.jsonl"), "budget": 2, "max_epochs": 1,
+                               "strategy": "random", "scheduler": "none",
+                               "set": {"batch_size": 4, "eval_split": 0.25, "dropout": 0}}},
+             "q": {"quantize": "int8", "input": "best"}}
+    path = recipe(inputs, tmp_path, steps=steps, report=False, name="tuned")
+    first = json.loads(run_apr("recipe", "run", str(path), "--json", "-q", check=True).stdout)
+    best = Path(first["steps"][1]["output"])
+    assert best.is_file() and Path(first["steps"][2]["output"]).is_file()
+    trials = [json.loads(line) for line in (Path(str(best) + ".tune") / "trials.jsonl").read_text().splitlines()]
+    assert len(trials) == 2
+    provenance = json.loads(run_apr("inspect", str(best), "--json", check=True).stdout)["provenance"]
+    assert provenance[-1]["operation"] == "finetune"
+    again = json.loads(run_apr("recipe", "run", str(path), "--json", "-q", check=True).stdout)
+    assert all(s["cached"] for s in again["steps"])
+    body = yaml.safe_load(path.read_text())
+    body["steps"]["best"]["with"]["budgit"] = 3
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    assert "--budgit is not an apr tune option" in one_error_line(run_apr("recipe", "plan", str(path)))
+
+
+@pytest.mark.parametrize("shipped", sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml")), ids=str)
+def test_shipped_recipes_are_valid(shipped):
+    from apr_recipe import spec
+
+    loaded = spec.load(shipped)
+    assert loaded.order and set(loaded.report_models) <= set(loaded.steps)
+    assert all(step.action in ("import", "data", "tune") or step.technique for step in loaded.steps.values())

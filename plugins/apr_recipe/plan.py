@@ -85,6 +85,9 @@ def _plan(recipe: Recipe, context, pipeline) -> dict[str, Any]:
             stand_in[name] = str(out) if done else str(step.technique)
         elif step.action == "data":
             stand_in[name] = str(out) if done else None
+        elif step.action == "tune":
+            stand_in[name] = str(out) if done else next((stand_in.get(i) for i in step.inputs if stand_in.get(i)), None)
+            row["estimate"] = f"{step.params.get('budget', 20)} trials (apr tune --plan gives their cost)"
         else:
             stand_in[name] = str(out) if done else next((stand_in.get(i) for i in step.inputs if stand_in.get(i)), None)
             row.update(_estimate(step, outputs, stand_in, context, pipeline))

@@ -156,6 +156,8 @@ def execute(step: Step, outputs: dict[str, str], out: str, context) -> dict[str,
                                      context=context.quieter() if context.quiet else context)
     if step.action == "data":
         return _data(str(step.technique), params, out)
+    if step.action == "tune":
+        return _tune(str(step.technique or "classify"), inputs, params, out, _fresh(context))
     kind = pipeline.kind(step.action)
     technique = pipeline.technique_of(kind.name, pipeline.chosen(kind, step.technique))
     if any(p.name == "resume" for p in technique.params + kind.options):
@@ -172,6 +174,19 @@ def _fresh(context):
 
     return RunContext(seed=context.seed, device=context.device, dtype=context.dtype, quiet=context.quiet,
                       verbose=context.verbose)
+
+
+def _tune(task: str, inputs: list[str], params: dict[str, Any], out: str, context) -> dict[str, Any]:
+    """An ``apr tune TASK`` study whose best model is the step's output; the study (an optuna
+    journal) lives in ``<output>.tune/``, so a killed step resumes it without losing a trial."""
+    from apr_tune import runner as tune
+
+    options = dict(params)
+    fixed, eval_params = options.pop("set", None) or {}, options.pop("eval_set", None) or {}
+    settings = tune.Settings(models=list(inputs), task=task, output=out, output_dir=out + ".tune",
+                             fixed={str(k).replace("-", "_"): v for k, v in fixed.items()},
+                             eval_params={str(k).replace("-", "_"): v for k, v in eval_params.items()}, **options)
+    return tune.run(settings, context)
 
 
 def _data(builder: str, params: dict[str, Any], out: str) -> dict[str, Any]:

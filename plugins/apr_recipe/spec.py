@@ -37,7 +37,11 @@ from typing import Any
 from apr_core.errors import AprError
 
 REF = re.compile(r"^@([A-Za-z0-9_.-]+)$")
-BUILTIN_ACTIONS = ("import", "data")
+BUILTIN_ACTIONS = ("import", "data", "tune")
+#: what a ``tune`` step may set: apr tune's options (``set``/``eval_set`` are its --set/--eval-set)
+TUNE_OPTIONS = ("method", "data", "budget", "strategy", "scheduler", "time_limit", "max_epochs", "scout",
+                "from_scout", "space_file", "set", "eval_task", "eval_set", "direction", "storage", "study_name",
+                "data_fraction", "top_k", "vram")
 
 
 @dataclass
@@ -182,6 +186,19 @@ def check_params(step: Step, where: str) -> None:
         raise AprError(f"{where}: step {step.name!r}: {exc}") from None
 
 
+def check_tune(step: Step, where: str) -> None:
+    """A ``tune: TASK`` step: apr tune's options only, and at least one input model."""
+    unknown = sorted(k for k in step.params if k not in TUNE_OPTIONS)
+    if unknown:
+        raise AprError(f"{where}: step {step.name!r}: --{unknown[0].replace('_', '-')} is not an apr tune option "
+                       f"({', '.join(TUNE_OPTIONS)})")
+    if not step.inputs:
+        raise AprError(f"{where}: step {step.name!r}: tune needs an input model")
+    for key in ("set", "eval_set"):
+        if not isinstance(step.params.get(key, {}), dict):
+            raise AprError(f"{where}: step {step.name!r}: {key} must be a mapping of parameters")
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str], where: str) -> None:
     """``--set STEP.KEY=VALUE``: KEY is the step's action (its technique or source), ``input`` /
     ``inputs``, or a parameter; VALUE is read as YAML (numbers, booleans, lists)."""
@@ -216,6 +233,8 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
     for step in steps.values():
         if step.action not in BUILTIN_ACTIONS:
             check_params(step, where)
+        elif step.action == "tune":
+            check_tune(step, where)
         elif step.action == "import" and not step.technique:
             raise AprError(f"{where}: step {step.name!r}: import needs a source (a file, hf://org/name or a short name)")
     report = data.get("report") or {}
