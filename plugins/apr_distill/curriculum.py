@@ -9,11 +9,13 @@ Every training example gets a difficulty score:
 - ``combined`` (default): the mean of the two scores' normalised ranks (0 = easiest, 1 = hardest).
 
 The run's optimizer steps (``--epochs`` passes over the data, or ``--max-steps``) are spread evenly
-over ``--stages`` stages. In stage s (1..S) the pool is the easiest fraction
-c_s = sqrt(s / S x (1 - c0^2) + c0^2) of the examples (the square-root competence schedule, c0 =
-``--start-competence``), so the pool grows from the easiest c0 to everything in the last stage;
+over ``--stages`` stages. In stage s (0..S-1) the pool is the easiest fraction
+c_s = sqrt(s / (S - 1) x (1 - c0^2) + c0^2) of the examples (Platanios et al.'s square-root
+competence schedule sampled at the stage starts, c0 = ``--start-competence``), so the pool grows
+from the easiest c0 in the first stage to everything in the last;
 batches are drawn from a seeded permutation of the pool that depends only on (seed, stage, pass),
-so the data position still follows from the step and ``--resume`` stays exact.
+so the data position still follows from the step and ``--resume`` stays exact. Every batch is
+full (a pass over the pool drops its remainder; the next pass's permutation differs).
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ def difficulty(examples, teacher_losses: list[float] | None, tokenizer, kind: st
 
 def competence(stage: int, stages: int, c0: float) -> float:
     """The fraction of the data in stage ``stage`` (0-based) of ``stages``."""
-    return min(1.0, math.sqrt((stage + 1) / stages * (1 - c0 ** 2) + c0 ** 2))
+    if stages == 1:
+        return 1.0
+    return min(1.0, math.sqrt(stage / (stages - 1) * (1 - c0 ** 2) + c0 ** 2))
 
 
 class CurriculumTrainer(Trainer):
@@ -100,13 +104,10 @@ class CurriculumTrainer(Trainer):
             first -= 1
         pool = self.pool(stage)
         per_step = self.s.batch_size * self.s.grad_accum * world
-        per_pass = max(1, len(pool) // per_step if world > 1 else math.ceil(len(pool) / per_step))
+        per_pass = max(1, len(pool) // per_step)  # full batches only; a pass's leftovers wait for the next
         cycle, index = divmod(step - first, per_pass)
         perm = permutation(len(pool), self.s.seed, f"stage{stage}-pass{cycle}")
-        picked = [pool[i] for i in perm[index * per_step:(index + 1) * per_step]]
-        if len(picked) < per_step and len(pool) >= per_step and world > 1:
-            picked = [pool[i] for i in perm[:per_step]]
-        return [self.train[i] for i in picked]
+        return [self.train[pool[i]] for i in perm[index * per_step:(index + 1) * per_step]]
 
     def schedule(self) -> list[dict]:
         """Per stage: its steps and pool size (for the report)."""
