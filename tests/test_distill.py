@@ -307,3 +307,35 @@ def test_terminated_progressive_run_resumes_to_the_same_student(work, tmp_path):
     assert resumed["report"]["resumed_from_step"] >= 8
     a, b = read_apr(tmp_path / "one.apr"), read_apr(tmp_path / "two.apr")
     assert all(torch.equal(a.tensor(n), b.tensor(n)) for n in a.names())
+
+
+# --------------------------------------------------------------------------- apr eval --task classify
+
+def test_classify_is_teacher_forced_accuracy_on_the_reference(work, tmp_path):
+    from apr_core.torch_bridge import load_tokenizer
+
+    rows = [{"task_id": "he", "prompt": "def f(x):\n", "canonical_solution": "    return x + 1\n"},
+            {"task_id": "mbpp", "text": "Add one.", "code": "def g(x):\n    return x + 1", "test_list": ["assert g(1) == 2"]},
+            {"task_id": "plain", "prompt": "def h(x):\n", "solution": "    return x\n"}]
+    data = tmp_path / "problems.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = run_apr("eval", str(work / "teacher.apr"), "--task", "classify", "--data", str(data), "--json", check=True)
+    result = json.loads(proc.stdout)
+    assert [r["task_id"] for r in result["results"]] == ["he", "mbpp", "plain"]
+    # the first problem by hand: full logits, argmax against the solution tokens
+    model = read_apr(work / "teacher.apr")
+    tok = load_tokenizer(model)
+    p, s = tok("def f(x):\n")["input_ids"], tok("    return x + 1\n", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = to_transformers(model)(torch.tensor([p + s])).logits[0]
+    pred = logits[len(p) - 1:-1]
+    target = torch.tensor(s)
+    first = result["results"][0]
+    assert first["tokens"] == len(s)
+    assert first["accuracy"] == pytest.approx(float((pred.argmax(-1) == target).float().mean()), abs=1e-6)
+    assert first["cross_entropy"] == pytest.approx(float(F.cross_entropy(pred, target)), rel=1e-4)
+    assert result["value"] == pytest.approx(sum(r["accuracy"] for r in result["results"]) / 3, abs=1e-5)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"task_id": "x", "question": "?"}\n')
+    assert "expected prompt + canonical_solution" in one_error_line(
+        run_apr("eval", str(work / "teacher.apr"), "--task", "classify", "--data", str(bad)))
