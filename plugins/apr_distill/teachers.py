@@ -98,7 +98,7 @@ class DistillLoss(nn.Module):
 
         hidden = self.lm.get_decoder()(input_ids=ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         head, cap = self.lm.get_output_embeddings(), softcap_of(self.lm)
-        if not self.training:
+        if not self.training or self.alpha == 0:  # held-out loss, or CE-only training: no teacher needed
             return next_token_loss(hidden, head, ids, target_mask, cap)
         extras = self.source.extras(ids, attention_mask, target_mask)
 
