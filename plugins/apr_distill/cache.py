@@ -155,7 +155,13 @@ def open_or_build(directory, key: str, build, context) -> tuple[TeacherCache, bo
     directory does not exist. Returns (cache, built)."""
     from apr_core.atomic import atomic_dir
 
+    import time
+
+    from apr_core.pipeline import is_main_process
+
     path = Path(directory)
+    while not is_main_process() and not (path / INDEX).is_file():  # rank 0 builds it; the others wait
+        time.sleep(1.0)
     if (path / INDEX).is_file():
         found = json.loads((path / INDEX).read_text()).get("key")
         if found != key:
