@@ -339,3 +339,14 @@ def test_classify_is_teacher_forced_accuracy_on_the_reference(work, tmp_path):
     bad.write_text('{"task_id": "x", "question": "?"}\n')
     assert "expected prompt + canonical_solution" in one_error_line(
         run_apr("eval", str(work / "teacher.apr"), "--task", "classify", "--data", str(bad)))
+
+
+def test_a_quantized_teacher_distils(work, tmp_path):
+    teacher = pipeline.transform("quantize", "int8", [read_apr(work / "teacher.apr")], {})
+    write_apr(teacher, tmp_path / "q.apr")
+    plan = pipeline.plan("distill", "standard", [str(tmp_path / "q.apr")],
+                         {"student": str(work / "student.apr"), "data": str(work / "data.jsonl")})
+    stored = read_apr(tmp_path / "q.apr").nbytes
+    assert {r["part"]: r["bytes"] for r in plan["memory"]}["teacher_weights"] == stored
+    out = distill(work, tmp_path / "s.apr", teachers=(str(tmp_path / "q.apr"),), max_steps=2)
+    assert out["report"]["steps"] == 2 and math.isfinite(out["report"]["train_loss"])
