@@ -25,7 +25,8 @@ class Param:
     ``*_exclusive`` flag is set); for ``floats`` and ``ints`` they bound every element.
     ``recorded`` is False for options that cannot change the result (``--resume``,
     ``--save-steps``): they are left out of the output's provenance, so a resumed run
-    writes the same bytes as an uninterrupted one.
+    writes the same bytes as an uninterrupted one. ``repeatable`` lets the CLI option be
+    given several times (``--teacher a.apr --teacher b.apr``); the values are joined with commas.
     """
 
     name: str
@@ -40,6 +41,7 @@ class Param:
     required: bool = False
     flag: str | None = None
     recorded: bool = True
+    repeatable: bool = False
 
     def __post_init__(self):
         if self.type not in TYPES:

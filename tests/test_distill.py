@@ -350,3 +350,11 @@ def test_a_quantized_teacher_distils(work, tmp_path):
     assert {r["part"]: r["bytes"] for r in plan["memory"]}["teacher_weights"] == stored
     out = distill(work, tmp_path / "s.apr", teachers=(str(tmp_path / "q.apr"),), max_steps=2)
     assert out["report"]["steps"] == 2 and math.isfinite(out["report"]["train_loss"])
+
+
+def test_teacher_option_repeats(work, tmp_path):
+    proc = run_apr("distill", str(work / "teacher.apr"), "--teacher", str(work / "teacher2.apr"), "--teacher",
+                   str(work / "teacher.apr"), "--student", str(work / "student.apr"), "--strategy", "ensemble",
+                   "--data", str(work / "data.jsonl"), "--max-steps", "1", "--max-seq-len", "48", "-q", "--json",
+                   "-o", str(tmp_path / "r.apr"), check=True)
+    assert json.loads(proc.stdout)["report"]["teachers"] == 3

@@ -17,8 +17,8 @@ STUDENT = Param("student", "path", None, "The student model (same tokenizer as t
                 "--student-layers builds one from the teacher by depth pruning")
 STUDENT_LAYERS = Param("student_layers", "int", None, "Without --student: keep this many decoder layers of the "
                        "teacher (prune --method depth, by block influence) as the student", min=1)
-TEACHER = Param("teacher", "str", None, "More teachers, comma-separated paths (ensemble); added to the "
-                "positional MODELS")
+TEACHER = Param("teacher", "str", None, "More teachers (ensemble): repeat the option or give comma-separated "
+                "paths; added to the positional MODELS", repeatable=True)
 METHOD = Param("method", "choice", "full", "Train every weight of the student (full) or LoRA adapters on it",
                choices=("full", "lora"))
 TEMPERATURE = Param("temperature", "float", 2.0, "Softmax temperature T of teacher and student in the KD term",
