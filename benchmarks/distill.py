@@ -78,6 +78,10 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=48)
     ap.add_argument("--heldout", type=int, default=24)
     ap.add_argument("--classify", type=int, default=10)
+    ap.add_argument("--temperature", type=float, default=2.0)
+    ap.add_argument("--alpha", type=float, default=0.5)
+    ap.add_argument("--runs", default="baselines,ce,standard,progressive,ensemble",
+                    help="which rows to measure (comma-separated)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-distill"))
     args = ap.parse_args()
 
@@ -99,20 +103,25 @@ def main() -> None:
     if not Path(specialist).exists():
         pipeline.run("finetune", "lora", [args.teacher], {**common, "dropout": 0.0, "eval_data": None,
                                                           "eval_split": 0.0}, specialist, context=ctx())
+    kd = {"temperature": args.temperature, "alpha": args.alpha}
+    tag = f"T={args.temperature:g}, alpha={args.alpha:g}"
     runs = {
-        "CE only (alpha 0)": ("standard", [args.teacher], {"alpha": 0.0}),
-        "standard": ("standard", [args.teacher], {}),
-        "progressive": ("progressive", [args.teacher], {"stages": 3}),
-        "ensemble": ("ensemble", [args.teacher, specialist], {}),
+        "ce": ("CE only (alpha 0)", "standard", [args.teacher], {"alpha": 0.0}),
+        "standard": (f"standard ({tag})", "standard", [args.teacher], kd),
+        "progressive": (f"progressive ({tag})", "progressive", [args.teacher], {**kd, "stages": 3}),
+        "ensemble": (f"ensemble ({tag})", "ensemble", [args.teacher, specialist], kd),
     }
+    wanted = [r.strip() for r in args.runs.split(",")]
     rows = []
-    for label, path in (("teacher", args.teacher), ("student untouched", student)):
+    for label, path in (("teacher", args.teacher), ("student untouched", student)) if "baselines" in wanted else ():
         rows.append({"model": label, "steps": 0, "train_seconds": 0.0,
                      "heldout_ppl": math.exp(heldout_ce(path, held, args.max_seq_len)),
                      "classify_acc": classify(path, args.classify)})
         print(json.dumps(rows[-1]), flush=True)
-    for label, (strategy, teachers, extra) in runs.items():
-        target = str(out / f"{strategy}-{extra.get('alpha', 'kd')}.apr")
+    for key, (label, strategy, teachers, extra) in runs.items():
+        if key not in wanted:
+            continue
+        target = str(out / f"{strategy}-T{extra.get('temperature', 0):g}-a{extra['alpha']:g}.apr")
         result = pipeline.run("distill", strategy, teachers, {**common, "student": student, **extra}, target,
                               context=ctx())
         report = result.get("report", {})
@@ -122,7 +131,8 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     summary = {"settings": vars(args), "tokens_per_run": args.steps * args.batch_size * args.max_seq_len,
                "seconds": round(time.perf_counter() - began, 1), "rows": rows}
-    (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    name = "results.json" if args.runs == ap.get_default("runs") else f"results-{'-'.join(wanted)}-T{args.temperature:g}.json"
+    (out / name).write_text(json.dumps(summary, indent=1) + "\n")
     print(f"\n{args.steps} steps x {args.batch_size} examples x <= {args.max_seq_len} tokens each run; "
           f"{summary['seconds']} s in all\n")
     print("| model | steps | held-out code perplexity | classify accuracy | train s |")
