@@ -34,6 +34,11 @@ def test_standard_and_progressive_as_written(setup):
                              "--json", *SMALL, cwd=d, check=True).stdout)
     assert out["report"]["shared_ids"] == 49152 and out["report"]["steps"] == 1
     assert read_apr(d / "d.apr").config["num_hidden_layers"] == 8
+    cached = json.loads(run_apr("distill", "teacher.apr", "--student", "student.apr", "--data", "code-corpus.jsonl",
+                                "--cache-teacher", "teacher-cache", "-o", "c.apr", "--json", *SMALL, cwd=d,
+                                check=True).stdout)
+    # 64 ids x 16 bits + 65 float16 log-probabilities (the top 64 and the rest) per answer token
+    assert cached["report"]["teacher_cache"]["bytes_per_token"] == 258.0
     prog = json.loads(run_apr("distill", "teacher-32b.apr", "--student", "student-7b.apr", "--strategy",
                               "progressive", "--temperature", "3.0", "--alpha", "0.7", "--epochs", "5", "--data",
                               "code-corpus.jsonl", "-o", "distilled-7b.apr", "--json", *SMALL,
