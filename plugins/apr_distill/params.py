@@ -2,8 +2,9 @@
 
 The training options are finetune's own `Param` objects (same names, defaults and meaning),
 minus ``--adapter``/``--merge``; ``--alpha`` here is the distillation weight (Hinton et al.
-2015), so LoRA's alpha is ``--lora-alpha``. Defaults: T = 2 and alpha = 0.5 (common practice;
-the playbook uses 3.0 / 0.7), forward KL, full training of the student (students are small and
+2015), so LoRA's alpha is ``--lora-alpha``. Defaults: T = 1 (as LLM distillation does: MiniLLM,
+GKD, Minitron; T = 2 lost to CE-only training in benchmarks/distill.py, T = 1 beat it) and
+alpha = 0.5 (the playbook passes 3.0 / 0.7), forward KL, full training of the student (students are small and
 distillation changes them globally; ``--method lora`` trains adapters instead), learning rate
 1e-4 for full training and 2e-4 for LoRA.
 """
@@ -21,7 +22,7 @@ TEACHER = Param("teacher", "str", None, "More teachers (ensemble): repeat the op
                 "paths; added to the positional MODELS", repeatable=True)
 METHOD = Param("method", "choice", "full", "Train every weight of the student (full) or LoRA adapters on it",
                choices=("full", "lora"))
-TEMPERATURE = Param("temperature", "float", 2.0, "Softmax temperature T of teacher and student in the KD term",
+TEMPERATURE = Param("temperature", "float", 1.0, "Softmax temperature T of teacher and student in the KD term",
                     min=0, min_exclusive=True)
 ALPHA = Param("alpha", "float", 0.5, "Weight of the distillation term; 1 - alpha weights the cross-entropy "
               "on the labels", min=0, max=1)
