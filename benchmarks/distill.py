@@ -11,7 +11,7 @@ influence (``apr prune --method depth --target-ratio 0.5``). Second teacher for 
 Then, with the same steps, batch, sequence length, learning rate and seed:
 
 - (a) the student untouched; (b) CE-only training (``apr distill --alpha 0``, the same code path
-  without the KD term); (c) ``standard`` (T = 2, alpha = 0.5, forward KL); (d) ``progressive``
+  without the KD term); (c) ``standard`` (``--temperature``, default 1, ``--alpha`` 0.5, forward KL); (d) ``progressive``
   (3 stages, combined difficulty); (e) ``ensemble`` (teacher + specialist, confidence weights).
 
 Measured for each and for the teacher: held-out code perplexity = exp(mean cross-entropy per
@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=48)
     ap.add_argument("--heldout", type=int, default=24)
     ap.add_argument("--classify", type=int, default=10)
-    ap.add_argument("--temperature", type=float, default=2.0)
+    ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--runs", default="baselines,ce,standard,progressive,ensemble",
                     help="which rows to measure (comma-separated)")
