@@ -74,6 +74,9 @@ def _option_for(param: Param, users: list[str], helps: dict[str, list[str]] | No
     if param.type == "bool":
         flag = param.cli_flag[2:]
         return click.Option([f"--{flag}/--no-{flag}"], default=None, help=help_text)
+    if param.repeatable:
+        return click.Option([param.cli_flag], type=str, multiple=True, metavar=param.metavar, help=help_text,
+                            callback=lambda _ctx, _p, values: ",".join(values) if values else None)
     return click.Option([param.cli_flag], type=str, default=None, metavar=param.metavar, help=help_text)
 
 

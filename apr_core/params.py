@@ -63,6 +63,8 @@ class Param:
     ``--save-steps``): they are left out of the output's provenance, so a resumed run
     writes the same bytes as an uninterrupted one. ``search`` is the parameter's default
     search space for ``apr tune`` (None: not tuned unless a space file names it).
+    ``repeatable`` lets the CLI option be given several times (``--teacher a.apr --teacher
+    b.apr``); the values are joined with commas.
     """
 
     name: str
@@ -78,6 +80,7 @@ class Param:
     flag: str | None = None
     recorded: bool = True
     search: Search | None = None
+    repeatable: bool = False
 
     def __post_init__(self):
         if self.type not in TYPES:

@@ -1,4 +1,5 @@
-"""The evaluation plugin: perplexity, the code tasks and their prompt strategies.
+"""The evaluation plugin: perplexity, the code tasks (pass@k and teacher-forced classify) and the prompt
+strategies.
 
 The ``apr eval`` command itself is the core's evaluate kind (`apr_core.technique.EVALUATE`);
 this plugin registers what it can run.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from apr_core.plugins import hookimpl
 
+from .classify import Classify
 from .codejsonl import CodeJsonl
 from .humaneval import HumanEval
 from .mbpp import Mbpp
@@ -20,6 +22,6 @@ from .prompting.standard import Standard
 
 @hookimpl
 def apr_register_techniques(register):
-    for technique in (Perplexity(), HumanEval(), Mbpp(), CodeJsonl(),
+    for technique in (Perplexity(), HumanEval(), Mbpp(), CodeJsonl(), Classify(),
                       Standard(), FewShot(), ChainOfGroundedObjectives(), StructuredChainOfThought()):
         register(technique)
