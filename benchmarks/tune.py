@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Tuning benchmark: TPE + ASHA against random search without pruning, same trial budget.
 
-    python benchmarks/tune.py [--budget 12] [--epochs 4] [--rows 32] [--seeds 0] [--model tiny|PATH]
+    python benchmarks/tune.py [--budget 12] [--epochs 9] [--rows 32] [--seeds 0] [--model tiny|PATH]
         [--out runs/bench-tune]
 
 A small LoRA task: a tiny random Qwen2 (or ``--model PATH``, e.g. SmolLM2) fine-tuned on
@@ -61,7 +61,7 @@ def search(model: str, data_path: Path, out: Path, strategy: str, scheduler: str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=int, default=12)
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=9)
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--model", default="tiny")
