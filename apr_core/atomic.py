@@ -70,7 +70,8 @@ def owner_tag() -> str:
     return f"apr{os.getpid()}-{_host_tag()}"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -97,7 +98,7 @@ def remove_stale(directory: str | os.PathLike, prefix: str, suffixes: tuple[str,
         if not name.startswith(prefix) or not name.endswith(suffixes):
             continue
         m = _OWNER.match(name, len(prefix))
-        if m is None or m.group(2) != host or _alive(int(m.group(1))):
+        if m is None or m.group(2) != host or process_alive(int(m.group(1))):
             continue
         with contextlib.suppress(OSError):
             if entry.is_dir(follow_symlinks=False):

@@ -127,11 +127,11 @@ class Distill(TransformTechnique):
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _train(self, teachers, student, shared, params, context, data, fingerprint):
-        from apr_core.runtime.trainer import Trainer, TrainSettings, write_log
+        from apr_core.runtime.trainer import write_log
         from apr_core.torch_bridge import to_transformers
-        from apr_finetune.modules import base_model, enable_checkpointing, with_lora
-        from apr_finetune.training import (AdapterState, FullState, adapter_output, is_main, run_directory,
-                                           with_weights)
+        from apr_finetune.modules import base_model
+        from apr_finetune.training import (AdapterState, FullState, adapt, adapter_output, is_main, run_directory,
+                                           train_settings, with_weights)
 
         from .teachers import CachedTeacher, DistillLoss, LiveTeachers
 
@@ -161,21 +161,8 @@ class Distill(TransformTechnique):
             live = None  # the teacher is not resident while the student trains
 
         lm = base_model(student, method, context)
-        peft_model = None
-        if method == "lora":
-            targets = params["target_modules"]
-            peft_model = with_lora(lm, params["rank"], params["lora_alpha"], params["dropout"],
-                                   "all-linear" if targets == "all-linear" else [t.strip() for t in targets.split(",")],
-                                   context.seed)
-        if params["gradient_checkpointing"]:
-            enable_checkpointing(lm)
-        settings = TrainSettings(
-            epochs=params["epochs"], max_steps=params["max_steps"], batch_size=params["batch_size"],
-            grad_accum=params["grad_accum"], learning_rate=params["learning_rate"],
-            weight_decay=params["weight_decay"], warmup_ratio=params["warmup_ratio"],
-            max_grad_norm=params["max_grad_norm"], optimizer=params["optimizer"], eval_steps=params["eval_steps"],
-            save_steps=params["save_steps"], gradient_checkpointing=params["gradient_checkpointing"],
-            seed=context.seed)
+        peft_model = adapt(lm, params, params["lora_alpha"] if method == "lora" else None, context.seed)
+        settings = train_settings(params, context.seed)
         state = AdapterState(peft_model) if peft_model is not None else FullState()
         module = DistillLoss(lm, source, shared, params["temperature"], params["alpha"], params["loss"])
         args = (module, data["train"], data["held_out"], settings, context, workdir, state.save, state.load,

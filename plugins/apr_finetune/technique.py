@@ -94,30 +94,18 @@ class Finetune(TransformTechnique):
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _train(self, model, method, params, context, data, fingerprint):
-        from apr_core.runtime.trainer import Trainer, TrainSettings, write_log
+        from apr_core.runtime.trainer import Trainer, write_log
 
-        from .modules import CausalLMLoss, base_model, enable_checkpointing, with_lora
+        from .modules import CausalLMLoss, base_model
+        from .training import adapt, train_settings
 
         workdir = run_directory(context)
         context.resume = params["resume"]
         lm = base_model(model, method, context, params.get("double_quant", True))
-        peft_model = None
-        if method != "full":
-            targets = params["target_modules"]
-            peft_model = with_lora(lm, params["rank"], params["alpha"], params["dropout"],
-                                   "all-linear" if targets == "all-linear" else [t.strip() for t in targets.split(",")],
-                                   context.seed)
-            if params["adapter"]:
-                self._start_from(peft_model, params["adapter"], model)
-        if params["gradient_checkpointing"]:
-            enable_checkpointing(lm)
-        settings = TrainSettings(
-            epochs=params["epochs"], max_steps=params["max_steps"], batch_size=params["batch_size"],
-            grad_accum=params["grad_accum"], learning_rate=params["learning_rate"],
-            weight_decay=params["weight_decay"], warmup_ratio=params["warmup_ratio"],
-            max_grad_norm=params["max_grad_norm"], optimizer=params["optimizer"], eval_steps=params["eval_steps"],
-            save_steps=params["save_steps"], gradient_checkpointing=params["gradient_checkpointing"],
-            seed=context.seed)
+        peft_model = adapt(lm, params, None if method == "full" else params["alpha"], context.seed)
+        if peft_model is not None and params["adapter"]:
+            self._start_from(peft_model, params["adapter"], model)
+        settings = train_settings(params, context.seed)
         state = AdapterState(peft_model) if peft_model is not None else FullState()
         trainer = Trainer(CausalLMLoss(lm), data["train"], data["held_out"], settings, context, workdir,
                           state.save, state.load, fingerprint)

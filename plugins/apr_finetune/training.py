@@ -87,6 +87,34 @@ class FullState:
         module.load_state_dict({k: v.load().clone() for k, v in tensors.items()}, strict=False)
 
 
+def adapt(lm, params: dict[str, Any], alpha: float, seed: int):
+    """peft LoRA on ``lm`` with the run's rank, dropout and target modules (None when the run
+    trains every weight), and gradient checkpointing when asked for."""
+    from .modules import enable_checkpointing, with_lora
+
+    peft_model = None
+    if alpha is not None:
+        targets = params["target_modules"]
+        peft_model = with_lora(lm, params["rank"], alpha, params["dropout"],
+                               "all-linear" if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+                               seed)
+    if params["gradient_checkpointing"]:
+        enable_checkpointing(lm)
+    return peft_model
+
+
+def train_settings(params: dict[str, Any], seed: int):
+    """The shared loop's settings from the training options both commands declare."""
+    from apr_core.runtime.trainer import TrainSettings
+
+    return TrainSettings(
+        epochs=params["epochs"], max_steps=params["max_steps"], batch_size=params["batch_size"],
+        grad_accum=params["grad_accum"], learning_rate=params["learning_rate"],
+        weight_decay=params["weight_decay"], warmup_ratio=params["warmup_ratio"],
+        max_grad_norm=params["max_grad_norm"], optimizer=params["optimizer"], eval_steps=params["eval_steps"],
+        save_steps=params["save_steps"], gradient_checkpointing=params["gradient_checkpointing"], seed=seed)
+
+
 def prepare_data(model, params, seed: int) -> dict[str, Any]:
     """Tokenized training and held-out examples, with the data's sha256 and counts."""
     from apr_core.runtime import examples as ex

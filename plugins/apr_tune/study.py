@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from apr_core.atomic import process_alive
 from apr_core.errors import AprError
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -129,15 +130,6 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 #: a live worker names itself on its trial at once; a RUNNING trial still unnamed after this long
 #: was created by a process killed in that instant
@@ -161,7 +153,7 @@ def recover_orphans(study, log: Callable[[str], None], trial_dir: Callable[[int]
             if t.datetime_start is None or (now - t.datetime_start).total_seconds() < UNNAMED_SECONDS:
                 continue
             owner = "a process killed as the trial began"
-        elif name != host or not pid.isdigit() or _alive(int(pid)):
+        elif name != host or not pid.isdigit() or process_alive(int(pid)):
             continue
         # optuna has no public call to fail another process's trial; the storage API is what its own
         # heartbeat check (fail_stale_trials) uses
