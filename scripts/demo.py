@@ -3,8 +3,8 @@
 
     python scripts/demo.py [WORKDIR]        # default runs/demo
 
-Three LoRA specialists (Python, Rust, TypeScript) -> DARE/TIES/SLERP tournament -> Wanda 30%
--> int4, then a leaderboard (size, held-out perplexity per code domain, HumanEval pass@1 on four
+Three LoRA specialists (Python, Rust, TypeScript) -> DARE/TIES/SLERP tournament -> progressive
+distillation into a student depth-pruned to 26 layers -> Wanda 30% -> int4, then a leaderboard (size, held-out perplexity per code domain, HumanEval pass@1 on four
 problems, step time) as a table, JSON and PNG. Every step is content-addressed, so a second run
 only reads the cache. Afterwards the final merged model is exported to Hugging Face format and
 its logits are compared with apr's own.
