@@ -12,8 +12,6 @@ import os
 import shutil
 import time
 
-from apr_core.atomic import process_alive
-
 PREFIX = "apr-sandbox-"
 MIN_AGE_S = 60.0
 
@@ -23,13 +21,24 @@ def own_name() -> str:
     return f"{PREFIX}{os.getpid()}-"
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (the sandbox package imports nothing from apr_core: an
+    unprivileged run imports it from a bare path)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
 
 def is_stale(name: str) -> bool:
     """True for ``apr-sandbox-PID-*`` when PID is not running."""
     if not name.startswith(PREFIX):
         return False
     pid = name[len(PREFIX):].split("-", 1)[0]
-    return pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid))
+    return pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))
 
 
 def sweep_workdirs(parent: str) -> None:
