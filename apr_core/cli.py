@@ -53,7 +53,8 @@ def _context(quiet: bool = False, seed: int = 0, device: str | None = None, dtyp
 
 
 DEVICE_HELP = "Compute device: auto (CUDA when available), cpu, cuda or cuda:N (default: apr --device, APR_DEVICE)."
-DTYPE_HELP = "Compute precision: auto (bf16 on GPUs that support it, else float32), float32, bfloat16, float16."
+DTYPE_HELP = ("Compute precision: auto (bf16 on GPUs that support it; on a CPU bf16 for bf16-stored models "
+              "evaluated where the CPU has bf16 instructions; else float32), float32, bfloat16, float16.")
 
 
 def _run_options() -> list[click.Option]:
@@ -280,14 +281,20 @@ class AprGroup(click.Group):
               help="Default compute device for every command: auto, cpu, cuda, cuda:N (or APR_DEVICE).")
 @click.option("--dtype", default=None, metavar="DTYPE",
               help="Default compute precision: auto, float32, bfloat16, float16.")
+@click.option("--threads", default=None, metavar="N",
+              help="CPU threads for torch: a number or auto (one per core other processes leave idle; "
+                   "or APR_THREADS, OMP_NUM_THREADS).")
 @click.pass_context
-def cli(ctx, device, dtype):
+def cli(ctx, device, dtype, threads):
     """apr: make code LLMs better and smaller.
 
     Import a model once, then merge, prune, quantize, fine-tune, distill, tune and
     evaluate it; every technique is a plugin (see `apr plugins`).
     """
-    ctx.obj = {"device": device, "dtype": dtype}
+    from .runtime import threads as cpu_threads
+
+    count, source = cpu_threads.configure(threads)
+    ctx.obj = {"device": device, "dtype": dtype, "threads": count, "threads_source": source}
 
 
 @cli.command("import", context_settings=CONTEXT)
@@ -399,8 +406,11 @@ def plugins_cmd(as_json):
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors with exit code 2 for anything the user can fix."""
+    from .runtime.threads import prepare_environment
+
     args = sys.argv[1:] if argv is None else argv
     _ARGS[:] = args
+    prepare_environment()
     previous = _catch_sigterm()
     try:
         code = cli.main(args=args, prog_name="apr", standalone_mode=False)

@@ -133,12 +133,12 @@ class RunContext:
 
         return progress(items, desc=desc, total=total, quiet=self.quiet)
 
-    def compute_dtype(self, requested: str | None = None) -> str:
+    def compute_dtype(self, requested: str | None = None, model=None) -> str:
         """The torch dtype name to compute in: ``requested`` (or the run's ``dtype``) with
-        ``auto`` resolved for this run's device."""
+        ``auto`` resolved for this run's device (and, for inference, the ``model``'s stored type)."""
         from .runtime.device import resolve_dtype
 
-        return resolve_dtype(requested or self.dtype, self.device)
+        return resolve_dtype(requested or self.dtype, self.device, model)
 
     def quieter(self) -> "RunContext":
         """The same settings with progress and logging off (for nested runs)."""

@@ -56,9 +56,38 @@ def canonical_dtype(name: str) -> str:
     return value
 
 
-def resolve_dtype(name: str, device: str) -> str:
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX-BF16 in
+    /proc/cpuinfo); False where that cannot be read."""
+    global _NATIVE_BF16
+    if _NATIVE_BF16 is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+        except OSError:
+            flags = []
+        _NATIVE_BF16 = bool({"avx512_bf16", "amx_bf16"} & set(flags))
+    return _NATIVE_BF16
+
+
+_NATIVE_BF16: bool | None = None
+
+
+def stored_float_dtype(model) -> str | None:
+    """The floating type most of ``model``'s parameters are stored in (``BF16``, ``F16``, ``F32``),
+    None for a model stored mostly in quantized blocks."""
+    counts = {k: v for k, v in model.dtype_counts().items() if k in ("BF16", "F16", "F32")}
+    if not counts or sum(counts.values()) * 2 < model.param_count:
+        return None
+    return max(counts, key=counts.get)
+
+
+def resolve_dtype(name: str, device: str, model=None) -> str:
     """The torch dtype name to compute in on ``device``: ``auto`` is bfloat16 on a GPU that
-    supports it and float32 otherwise; explicit names are honoured."""
+    supports it; on a CPU it is bfloat16 for a model stored in bfloat16 when the CPU has native
+    bf16 arithmetic (upcasting would double the memory and halve the speed; docs/performance.md
+    has the measurement), and float32 otherwise (fp32-stored weights are never rounded unasked).
+    Explicit names are honoured."""
     value = canonical_dtype(name)
     if value != "auto":
         return value
@@ -66,6 +95,8 @@ def resolve_dtype(name: str, device: str) -> str:
         import torch
 
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if model is not None and stored_float_dtype(model) == "BF16" and cpu_has_native_bf16():
+        return "bfloat16"
     return "float32"
 
 

@@ -175,7 +175,7 @@ class Trainer:
         import torch
         from accelerate import Accelerator
 
-        from . import checkpoint
+        from . import checkpoint, threads
 
         device = self.context.device
         if device.startswith("cuda"):
@@ -209,13 +209,14 @@ class Trainer:
             optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
             scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
             start_step, log, resumed = int(meta["step"]), list(meta.get("log", [])), int(meta["step"])
+            threads.resume_with(meta.get("threads"), self.context.log)
             self.context.log(f"resuming from {path} (step {start_step} of {total})")
 
         def save(step: int, final: bool = False) -> None:
             acc.wait_for_everyone()
             if acc.is_main_process:
                 with checkpoint.write(self.workdir, step, {"fingerprint": self.fingerprint, "log": log,
-                                                           "total_steps": total,
+                                                           "total_steps": total, "threads": torch.get_num_threads(),
                                                            "settings": asdict(self.s)}) as stage:
                     self.save_state(acc.unwrap_model(model), stage)
                     torch.save(optimizer.state_dict(), stage / "optimizer.pt")

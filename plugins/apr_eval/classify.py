@@ -88,7 +88,7 @@ class Classify(EvaluateTechnique):
 
         problems, path = self.problems(params)
         tok = load_tokenizer(model)
-        module = to_transformers(model, dtype=context.compute_dtype(), device=context.device)
+        module = to_transformers(model, dtype=context.compute_dtype(model=model), device=context.device)
         decoder, head, cap = module.get_decoder(), module.get_output_embeddings(), softcap_of(module)
 
         def per_chunk(h, target, keep):

@@ -51,7 +51,7 @@ class Perplexity(EvaluateTechnique):
         tokens = consecutive_windows(ids, params["seq_len"] or int(model.text_config().get("max_position_embeddings")
                                                                    or 2048))
         n_windows, seq_len = tokens.shape
-        dtype = context.compute_dtype()
+        dtype = context.compute_dtype(model=model)
         module = to_transformers(model, dtype=dtype, device=context.device)
         start = time.perf_counter()
         nll, count = window_nll(module, tokens, params["batch_size"], context)

@@ -125,7 +125,7 @@ class CodeTask(EvaluateTechnique):
         exemplars = load_problems(params["exemplars"]) if params["exemplars"] else []
         options = PromptOptions(test_assertions=params["test_assertions"], exemplars=exemplars)
         chat = params["chat"] if params["chat"] is not None else bool(model.chat_template)
-        dtype = context.compute_dtype()
+        dtype = context.compute_dtype(model=model)
         header = self._header(model, params, source, chat, context.seed, dtype)
         results_path = params["results"] or os.path.join(
             "runs", "eval", f"{self.name}-{hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:12]}.jsonl")
@@ -146,8 +146,10 @@ class CodeTask(EvaluateTechnique):
             mode = sandbox.mode
         finally:
             sandbox.close()
-        return self._score(problems, params, store, results_path, strategy.name, chat, mode,
-                           gen_tokens, gen_seconds, exec_seconds)
+        result = self._score(problems, params, store, results_path, strategy.name, chat, mode,
+                             gen_tokens, gen_seconds, exec_seconds)
+        result.update(dtype=dtype, device=context.device)
+        return result
 
     def _header(self, model, params, source, chat, seed, dtype) -> dict[str, Any]:
         keys = ("prompt_strategy", "test_assertions", "temperature", "top_p", "max_tokens")

@@ -1,0 +1,123 @@
+"""CPU threads and precision chosen by apr: the rules, their sources, and that they reach torch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from apr_core import pipeline
+from apr_core.errors import AprError
+from apr_core.runtime import device, threads
+
+
+def test_auto_gives_torch_the_idle_cores():
+    assert threads.auto_threads(cores=2, busy=0.0) == 2
+    assert threads.auto_threads(cores=2, busy=0.7) == 1
+    assert threads.auto_threads(cores=2, busy=5.0) == 1  # never zero
+    assert threads.auto_threads(cores=8, busy=2.2) == 6
+    measured = threads.busy_cores(0.02)
+    assert 0.0 <= measured <= (os.cpu_count() or 1) + 1e-6
+
+
+def test_sources_in_order_of_precedence(monkeypatch):
+    monkeypatch.setattr(threads, "auto_threads", lambda: 7)
+    assert threads.choose("3", {"APR_THREADS": "5", "OMP_NUM_THREADS": "4"}) == (3, "--threads")
+    assert threads.choose(None, {"APR_THREADS": "5", "OMP_NUM_THREADS": "4"}) == (5, "APR_THREADS")
+    assert threads.choose(None, {"OMP_NUM_THREADS": "4"}) == (4, "OMP_NUM_THREADS")
+    assert threads.choose("auto", {"APR_THREADS": "5"}) == (7, "auto")
+    assert threads.choose(None, {"APR_THREADS": "auto", "OMP_NUM_THREADS": "4"}) == (7, "auto")
+    assert threads.choose(None, {}) == (7, "auto")
+    # a count an apr parent chose by itself is measured again; torchrun's processes split the cores
+    assert threads.choose(None, {"OMP_NUM_THREADS": "4", threads.SOURCE_ENV: "auto"}) == (7, "auto")
+    monkeypatch.setattr(threads, "usable_cores", lambda: 8)
+    assert threads.choose(None, {"LOCAL_WORLD_SIZE": "4"}) == (2, "auto")
+    for bad in ("0", "-2", "many", "1.5"):
+        with pytest.raises(AprError, match="--threads"):
+            threads.choose(bad, {})
+
+
+def test_wait_policy_is_passive_unless_the_user_chose():
+    env = {}
+    threads.prepare_environment(env)
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    threads.prepare_environment(env)
+    assert env["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_resume_takes_the_checkpoints_count_only_when_apr_chose(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        env = {threads.SOURCE_ENV: "APR_THREADS", "OMP_NUM_THREADS": str(before)}
+        threads.resume_with(before + 1, environ=env)
+        assert torch.get_num_threads() == before and env["OMP_NUM_THREADS"] == str(before)
+        env = {threads.SOURCE_ENV: "auto"}
+        threads.resume_with(before + 1, environ=env)
+        assert torch.get_num_threads() == before + 1 and env["OMP_NUM_THREADS"] == str(before + 1)
+    finally:
+        torch.set_num_threads(before)
+
+
+PROBE = """
+import os, sys, torch
+from apr_core import cli
+try:
+    cli.main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+print(code, torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS"), os.environ.get("OMP_WAIT_POLICY"))
+"""
+
+
+def _probe(*args, **env_over):
+    env = {k: v for k, v in os.environ.items() if k not in ("APR_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env.update(env_over)
+    proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env)
+    return proc.stdout.splitlines()[-1].split(), proc.stderr
+
+
+def test_the_cli_applies_the_count_and_the_wait_policy():
+    out, _ = _probe("--threads", "1", "plugins")
+    assert out == ["0", "1", "1", "PASSIVE"]
+    out, _ = _probe("plugins", APR_THREADS="2")
+    assert out[:3] == ["0", "2", "2"]
+    out, err = _probe("--threads", "none", "plugins")
+    assert out[0] == "2" and err.strip().splitlines() == ["apr: error: --threads 'none' is not a positive number "
+                                                          "of threads or 'auto'"]
+
+
+def _bf16_model(llama_apr, tmp_path):
+    out = tmp_path / "bf16.apr"
+    pipeline.save(pipeline.cast(pipeline.load(llama_apr), "bf16"), str(out))
+    return pipeline.load(str(out))
+
+
+def test_cpu_auto_precision_follows_the_stored_type_and_the_cpu(llama_apr, tmp_path, monkeypatch):
+    f32, bf16 = pipeline.load(llama_apr), _bf16_model(llama_apr, tmp_path)
+    assert device.stored_float_dtype(f32) == "F32" and device.stored_float_dtype(bf16) == "BF16"
+    monkeypatch.setattr(device, "_NATIVE_BF16", True)
+    assert device.resolve_dtype("auto", "cpu", bf16) == "bfloat16"
+    assert device.resolve_dtype("auto", "cpu", f32) == "float32"
+    assert device.resolve_dtype("float32", "cpu", bf16) == "float32"
+    assert device.resolve_dtype("auto", "cpu") == "float32"
+    monkeypatch.setattr(device, "_NATIVE_BF16", False)
+    assert device.resolve_dtype("auto", "cpu", bf16) == "float32"
+
+
+def test_perplexity_of_a_bf16_model_computes_in_bf16_where_the_cpu_can(llama_apr, tmp_path, monkeypatch):
+    from apr_core.technique import RunContext
+
+    monkeypatch.setattr(device, "_NATIVE_BF16", True)
+    sample = tmp_path / "text.txt"
+    sample.write_text("def add(a, b):\n    return a + b\n\n" * 20)
+    model = _bf16_model(llama_apr, tmp_path)
+    result = pipeline.evaluate("perplexity", model, {"dataset": str(sample), "seq_len": "32"}, RunContext(quiet=True))
+    assert result["dtype"] == "bfloat16"
+    result = pipeline.evaluate("perplexity", pipeline.load(llama_apr), {"dataset": str(sample), "seq_len": "32"},
+                               RunContext(quiet=True))
+    assert result["dtype"] == "float32"
+    json.dumps(result)
