@@ -282,7 +282,7 @@ class AprGroup(click.Group):
 @click.option("--dtype", default=None, metavar="DTYPE",
               help="Default compute precision: auto, float32, bfloat16, float16.")
 @click.option("--threads", default=None, metavar="N",
-              help="CPU threads for torch: a number or auto (one per core other processes leave idle; "
+              help="CPU threads for torch: a number or auto (one per core this process may use; "
                    "or APR_THREADS, OMP_NUM_THREADS).")
 @click.pass_context
 def cli(ctx, device, dtype, threads):

@@ -10,9 +10,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("APR_QUIET", "1")
-# every apr process of a test computes with the same thread count (auto would follow the load,
-# and a resumed training run compared bit for bit with an uninterrupted one needs one count)
-os.environ.setdefault("APR_THREADS", str(len(os.sched_getaffinity(0))))
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402

@@ -12,13 +12,9 @@ from apr_core.errors import AprError
 from apr_core.runtime import device, threads
 
 
-def test_auto_gives_torch_the_idle_cores():
-    assert threads.auto_threads(cores=2, busy=0.0) == 2
-    assert threads.auto_threads(cores=2, busy=0.7) == 1
-    assert threads.auto_threads(cores=2, busy=5.0) == 1  # never zero
-    assert threads.auto_threads(cores=8, busy=2.2) == 6
-    measured = threads.busy_cores(0.02)
-    assert 0.0 <= measured <= (os.cpu_count() or 1) + 1e-6
+def test_auto_gives_torch_a_thread_per_usable_core():
+    assert threads.auto_threads() == len(os.sched_getaffinity(0))
+    assert threads.auto_threads(cores=0) == 1
 
 
 def test_sources_in_order_of_precedence(monkeypatch):
@@ -29,7 +25,7 @@ def test_sources_in_order_of_precedence(monkeypatch):
     assert threads.choose("auto", {"APR_THREADS": "5"}) == (7, "auto")
     assert threads.choose(None, {"APR_THREADS": "auto", "OMP_NUM_THREADS": "4"}) == (7, "auto")
     assert threads.choose(None, {}) == (7, "auto")
-    # a count an apr parent chose by itself is measured again; torchrun's processes split the cores
+    # a count an apr parent chose by itself is chosen again; torchrun's processes split the cores
     assert threads.choose(None, {"OMP_NUM_THREADS": "4", threads.SOURCE_ENV: "auto"}) == (7, "auto")
     monkeypatch.setattr(threads, "usable_cores", lambda: 8)
     assert threads.choose(None, {"LOCAL_WORLD_SIZE": "4"}) == (2, "auto")

@@ -1,14 +1,13 @@
 """How many CPU threads torch computes with, and how idle threads wait: chosen by apr.
 
-Two measurements on the shared 2-core machine apr is developed on (docs/performance.md) set
-these rules. torch's OpenMP pool busy-waits between parallel regions by default; when another
-process holds a core, the spinning thread steals the time slices the working one needs and a
-SmolLM2 forward pass took 4-5x longer with two threads than with one. Passive waiting
-(``OMP_WAIT_POLICY=PASSIVE``) removes that cliff at no measurable cost when the machine is idle,
-so apr sets it for itself and its children unless the user chose a policy. And a thread per
-*idle* core beats a thread per core when the machine is busy, so ``auto`` samples the CPU time
-other processes use over a short window (from ``/proc/stat``) and gives torch the cores left
-over, at least one.
+torch's OpenMP pool busy-waits between parallel regions by default. When another process holds
+a core, the spinning thread takes the time slices the working one needs: on the shared 2-core
+machine apr is developed on, a SmolLM2 forward pass ran 5.7x slower with two spinning threads
+than with two passive ones, and decoding up to 12x slower (benchmarks/threads.py, docs/performance.md).
+With passive waiting (``OMP_WAIT_POLICY=PASSIVE``) two threads were as fast as or faster than one
+in the configurations measured, so apr sets that policy for itself and its
+children unless the user chose one, and ``auto`` gives torch one thread per core the process
+may run on (its CPU affinity); processes started together by torchrun share those cores evenly.
 
 The count comes from ``apr --threads N``, else ``APR_THREADS``, else ``OMP_NUM_THREADS`` (a
 user's explicit choice is kept), else ``auto``. It is applied before torch starts its pool
@@ -19,13 +18,11 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 from ..errors import AprError
 
 ENV = "APR_THREADS"
 SOURCE_ENV = "APR_THREADS_SOURCE"  # "auto" when an apr process chose OMP_NUM_THREADS itself
-SAMPLE_SECONDS = 0.05
 
 
 def prepare_environment(environ=os.environ) -> None:
@@ -42,37 +39,9 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _cpu_times() -> tuple[int, int] | None:
-    """(busy, total) jiffies of all CPUs from /proc/stat, None where it cannot be read."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + fields[4]  # idle + iowait
-    total = sum(fields)
-    return total - idle, total
-
-
-def busy_cores(seconds: float = SAMPLE_SECONDS) -> float:
-    """How many of the machine's cores other processes keep busy, averaged over ``seconds``
-    (this process sleeps meanwhile); 0 where /proc/stat is unavailable."""
-    first = _cpu_times()
-    if first is None:
-        return 0.0
-    time.sleep(seconds)
-    second = _cpu_times()
-    if second is None or second[1] <= first[1]:
-        return 0.0
-    busy, total = second[0] - first[0], second[1] - first[1]
-    return busy / total * (os.cpu_count() or 1)
-
-
-def auto_threads(cores: int | None = None, busy: float | None = None) -> int:
-    """One thread per core this process may use that other processes leave idle, at least one."""
-    cores = usable_cores() if cores is None else cores
-    busy = busy_cores() if busy is None else busy
-    return max(1, min(cores, round(cores - busy)))
+def auto_threads(cores: int | None = None) -> int:
+    """One thread per core this process may use."""
+    return max(1, usable_cores() if cores is None else cores)
 
 
 def parse(spec: str | int | None, source: str) -> int | None:
@@ -90,8 +59,8 @@ def parse(spec: str | int | None, source: str) -> int | None:
 
 def choose(spec: str | int | None = None, environ=os.environ) -> tuple[int, str]:
     """The thread count for this run and where it came from. An ``OMP_NUM_THREADS`` that an
-    apr parent chose automatically is measured again (the load has moved since); processes
-    started by torchrun share the cores evenly (their siblings are busy by design)."""
+    apr parent chose automatically is chosen again here (a process started by torchrun gets its
+    share of the cores, not its parent's count)."""
     inherited = environ.get("OMP_NUM_THREADS") if environ.get(SOURCE_ENV) != "auto" else None
     for value, source in ((spec, "--threads"), (environ.get(ENV), ENV), (inherited, "OMP_NUM_THREADS")):
         if value is None or not str(value).strip():
