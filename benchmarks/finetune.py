@@ -29,21 +29,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, measure  # noqa: E402
+
 PEER = ROOT / "benchmarks" / "peers" / "finetune_trainer.py"
 LR = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
 
 
 def run_measured(cmd: list[str]) -> tuple[str, int]:
-    """(stdout, peak RSS bytes) of ``cmd`` in a fresh process (ru_maxrss from wait4)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, APR_QUIET="1", TOKENIZERS_PARALLELISM="false"))
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"{' '.join(cmd[:8])} ... failed:\n{err[-3000:]}")
-    return out, usage.ru_maxrss * 1024
+    """(stdout, peak RSS bytes) of ``cmd`` in a fresh process."""
+    got = measure(cmd, env=dict(os.environ, APR_QUIET="1", TOKENIZERS_PARALLELISM="false"))
+    return got["stdout"], got["peak_rss"]
 
 
 def apr(*args: str) -> dict:
@@ -82,15 +78,18 @@ def prepare(out: Path, models: list[str], n_train: int, n_held: int) -> dict:
 
 
 def token_file(model_path: Path, data: Path, seq: int, out: Path) -> Path:
-    """The training examples as input_ids / labels (-100 on the prompt), as apr tokenizes them."""
+    """The training examples as input_ids / labels (-100 on the prompt), as apr tokenizes them, in
+    the order apr's first epoch visits them (seed 0), so the peer (reading them in file order)
+    trains on the same batches."""
     from apr_core import pipeline
     from apr_core.runtime import examples as ex
+    from apr_core.runtime.trainer import permutation
     from apr_core.torch_bridge import load_tokenizer
 
     fmt = ex.Formatter(load_tokenizer(pipeline.load(str(model_path), verify=False)))
     items, _ = ex.tokenize(ex.read_records(data), fmt, seq)
     with open(out, "w") as f:
-        for e in items:
+        for e in (items[i] for i in permutation(len(items), 0, 0)):
             f.write(json.dumps({"input_ids": e.ids, "attention_mask": [1] * len(e.ids),
                                 "labels": [i if m else -100 for i, m in zip(e.ids, e.mask)]}) + "\n")
     return out

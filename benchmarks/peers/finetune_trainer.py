@@ -6,10 +6,11 @@
         --batch-size B --grad-accum A --learning-rate LR [--warmup-ratio R]
 
 ``tokens.jsonl`` holds pre-tokenized examples (``input_ids`` and ``labels`` with -100 on the
-prompt), so both sides train on identical tokens. LoRA through ``get_peft_model``; QLoRA by
-loading the model with ``BitsAndBytesConfig(load_in_4bit=True, nf4, double quantization)``
-and ``prepare_model_for_kbit_training``; full with every weight trainable. The training set is
-shuffled by the Trainer's own sampler. Prints one JSON line: training seconds and tokens.
+prompt), in the order apr's first epoch visits them, and the Trainer reads them in that order
+(``train_sampling_strategy="sequential"``), so both sides train on identical batches. LoRA
+through ``get_peft_model``; QLoRA by loading the model with ``BitsAndBytesConfig(load_in_4bit=True,
+nf4, double quantization)`` and ``prepare_model_for_kbit_training``; full with every weight
+trainable. Prints one JSON line: training seconds and tokens.
 Written for this benchmark; not part of apr.
 """
 
@@ -58,7 +59,8 @@ def main() -> None:
         gradient_accumulation_steps=args.grad_accum, learning_rate=args.learning_rate,
         warmup_steps=round(args.warmup_ratio * args.steps), lr_scheduler_type="cosine", weight_decay=0.0, max_grad_norm=1.0,
         logging_steps=1, save_strategy="no", report_to=[], seed=args.seed, use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True)
+        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
+        train_sampling_strategy="sequential")
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     seen = 0
 
