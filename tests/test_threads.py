@@ -119,10 +119,10 @@ def test_perplexity_of_a_bf16_model_computes_in_bf16_where_the_cpu_can(llama_apr
     json.dumps(result)
 
 
-def test_the_cli_fixes_glibcs_mmap_threshold_unless_told_not_to():
+def test_the_cli_fixes_glibcs_mmap_threshold_when_asked():
     from apr_core.runtime import allocator
 
-    assert allocator.threshold({}) == allocator.DEFAULT
+    assert allocator.threshold({}) == 0
     assert allocator.threshold({"MALLOC_MMAP_THRESHOLD_": "65536"}) == 0
     assert allocator.threshold({"APR_MMAP_THRESHOLD": "0"}) == 0
     assert allocator.threshold({"APR_MMAP_THRESHOLD": "262144"}) == 262144
@@ -130,7 +130,7 @@ def test_the_cli_fixes_glibcs_mmap_threshold_unless_told_not_to():
              "try:\n    cli.main(['plugins'])\nexcept SystemExit:\n    pass\nprint(allocator._done)\n")
     env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "APR_MMAP_THRESHOLD")}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env).stdout
-    assert out.splitlines()[-1] == str(allocator.DEFAULT)
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         env=env | {"APR_MMAP_THRESHOLD": "0"}).stdout
     assert out.splitlines()[-1] == "0"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env=env | {"APR_MMAP_THRESHOLD": "1048576"}).stdout
+    assert out.splitlines()[-1] == "1048576"

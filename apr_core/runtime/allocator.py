@@ -1,17 +1,17 @@
-"""Give freed tensor memory back to the system on glibc, so peak RSS is what apr really holds.
+"""Optionally give freed tensor memory back to the system on glibc: less peak RSS for some speed.
 
 glibc's malloc serves a block above its mmap threshold with its own mapping and unmaps it when
 freed; below the threshold a block comes from an arena and freed memory stays in the process.
 The threshold starts at 128 KiB but rises to the size of each large block freed (up to 32 MiB),
-so after the first activations of a training step are released, every later activation, gradient
-and calibration buffer of a small model lands in the arenas, which fragment and never shrink:
-a SmolLM2 LoRA step peaked at 3.35 GB of RSS where the tensors alive at the peak were 2.9 GB.
-Fixing the threshold at 1 MiB (which also stops it from moving) brought that peak to 2.75 GB at
-the same tokens/s (docs/finetune.md, docs/performance.md). Tensors above 1 MiB are few and large,
-so the extra mapping and page faults cost little next to the arithmetic on them.
+so after the first activations of a training step are released, every later activation of a
+small model lands in arenas that fragment and never shrink: a SmolLM2 LoRA step peaked at
+3.23 GB of RSS where the memory plan counts 2.86 GB alive. ``APR_MMAP_THRESHOLD=1048576`` fixes
+the threshold at 1 MiB (which also stops it from moving): that peak fell to 2.76 GB, but the
+mapping and page faults of every large allocation cost 9% of that run's tokens/s and 20-30% of
+perplexity's (docs/performance.md), so it is off unless asked for: memory-bound CPU runs opt in.
 
-`configure` calls ``mallopt`` once per process; a ``MALLOC_MMAP_THRESHOLD_`` the user set, or
-``APR_MMAP_THRESHOLD=0``, leaves glibc as it is. Other C libraries are left alone.
+`configure` calls ``mallopt`` once per process; a ``MALLOC_MMAP_THRESHOLD_`` the user set leaves
+glibc as it is, and so do other C libraries.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import ctypes.util
 import os
 
 ENV = "APR_MMAP_THRESHOLD"
-DEFAULT = 1 << 20  # bytes
+DEFAULT = 0  # bytes; 0 = glibc's own behaviour
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
 _done: int | None = None
 
 
 def threshold(environ=os.environ) -> int:
-    """The mmap threshold apr sets in bytes, 0 for none."""
+    """The mmap threshold apr sets in bytes (``APR_MMAP_THRESHOLD``), 0 for none."""
     if "MALLOC_MMAP_THRESHOLD_" in environ:
         return 0
     raw = environ.get(ENV, "").strip()
