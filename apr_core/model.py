@@ -53,14 +53,23 @@ class LazyTensor:
     block-quantized dtypes it returns the raw bytes as a 1-D uint8 tensor.
     """
 
-    __slots__ = ("spec", "_load")
+    __slots__ = ("spec", "_load", "_release")
 
-    def __init__(self, spec: TensorSpec, load: Callable[[], "torch.Tensor"]):
+    def __init__(self, spec: TensorSpec, load: Callable[[], "torch.Tensor"],
+                 release: Callable[[], None] | None = None):
         self.spec = spec
         self._load = load
+        self._release = release
 
     def load(self) -> "torch.Tensor":
         return self._load()
+
+    def release(self) -> None:
+        """Hint that the caller is done with what ``load()`` returned: a memory-mapped tensor
+        hands its file pages back to the kernel (a later ``load()`` reads them again), so a
+        streaming pass over a model does not keep the whole file resident."""
+        if self._release is not None:
+            self._release()
 
     @classmethod
     def of(cls, name: str, tensor: "torch.Tensor") -> "LazyTensor":

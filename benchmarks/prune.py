@@ -8,6 +8,9 @@ stdlib code and Python-docs prose (windows of 512, the first --max-tokens tokens
 with the dense model in the same run. Structurally pruned models also report parameter count,
 file size and forward throughput relative to dense (median of repeated forward passes of a
 fixed batch, in the same process). Prints a markdown table and writes JSON.
+
+Speed and memory against llm-compressor (Wanda, SparseGPT on the same token ids, in separate
+processes, its own venv) are measured by the sibling benchmarks/prune_peers.py.
 """
 
 from __future__ import annotations

@@ -24,3 +24,27 @@ def map_file(path: str, min_size: int, what: str) -> tuple[mmap.mmap, int]:
         if size < min_size:
             raise CorruptFileError(f"{path}: truncated {what} file ({size} bytes)")
         return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY), size
+
+
+MADV_PAGEOUT = getattr(mmap, "MADV_PAGEOUT", 21)  # Linux 5.4; Python 3.11 lacks the constant
+
+
+def page_releaser(mm: mmap.mmap, offset: int, nbytes: int):
+    """A callable that reclaims the pages of ``mm[offset:offset+nbytes]`` from this process.
+
+    MADV_PAGEOUT drops clean file-backed pages (they are read from the file again when touched)
+    and never discards data: a page a tensor view wrote to (the maps are copy-on-write) stays as
+    it is. Where the kernel lacks it, releasing does nothing.
+    """
+    start = offset - offset % mmap.PAGESIZE
+    length = offset + nbytes - start
+
+    def release() -> None:
+        if nbytes <= 0 or mm.closed:
+            return
+        try:
+            mm.madvise(MADV_PAGEOUT, start, length)
+        except (OSError, ValueError):
+            pass
+
+    return release

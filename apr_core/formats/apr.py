@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import __version__
 from ..atomic import atomic_file
-from . import map_file
+from . import map_file, page_releaser
 from ..dtypes import BY_APR_ID
 from ..errors import AprError, CorruptFileError
 from ..model import LazyTensor, Model, TensorSpec
@@ -242,6 +242,7 @@ def write_apr(model: Model, path: str | os.PathLike, progress=None) -> int:
             if written < data_offset + off:
                 emit(b"\x00" * (data_offset + off - written))
             emit(tensor_bytes(model.tensors[s.name].load(), s))
+            model.tensors[s.name].release()
         emit(struct.pack("<I", running))
     return written
 
@@ -316,7 +317,8 @@ def _parse(path: str, mm: mmap.mmap, size: int, verify: bool) -> Model:
     tensors = {}
     for name, dt, shape, off, nbytes in entries:
         spec = TensorSpec(name, dt.name, shape)
-        tensors[name] = LazyTensor(spec, _viewer(mm, data_off + off, nbytes, spec))
+        tensors[name] = LazyTensor(spec, _viewer(mm, data_off + off, nbytes, spec),
+                                   page_releaser(mm, data_off + off, nbytes))
 
     custom = meta.get("custom")
     custom = {} if custom is None else custom
@@ -427,6 +429,9 @@ def _verify_footer(path: str, mm: mmap.mmap, size: int) -> str:
         chunk = mm[start:min(start + step, end)]
         crc = zlib.crc32(chunk, crc)
         sha.update(chunk)
+        # unmap what was read (nothing can have written to the map yet; the page cache keeps it),
+        # or checking a file would leave all of it resident in this process
+        mm.madvise(mmap.MADV_DONTNEED, start, min(step, end - start))
     (stored,) = struct.unpack("<I", mm[end:size])
     if crc != stored:
         raise _corrupt(path, "checksum mismatch (the file is damaged or truncated)")

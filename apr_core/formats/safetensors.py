@@ -17,7 +17,7 @@ import struct
 from typing import Any
 
 from ..atomic import atomic_file
-from . import map_file
+from . import map_file, page_releaser
 from ..dtypes import BY_NAME, SAFETENSORS_NAMES
 from ..errors import CorruptFileError
 from ..model import LazyTensor, TensorSpec
@@ -86,7 +86,8 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, LazyTensor], di
                                    f"{offs[1] - offs[0]} bytes")
         spec = TensorSpec(name, dt.name, tuple(shape))
         spans.append((offs[0], offs[1], name))
-        tensors[name] = LazyTensor(spec, _viewer(mm, base + offs[0], offs[1] - offs[0], spec))
+        tensors[name] = LazyTensor(spec, _viewer(mm, base + offs[0], offs[1] - offs[0], spec),
+                                   page_releaser(mm, base + offs[0], offs[1] - offs[0]))
     cursor = 0
     for start, end, name in sorted(spans):
         if start != cursor:
@@ -116,7 +117,8 @@ def _restore_quantized(path: str, tensors: dict[str, LazyTensor], meta: dict[str
             shape = tuple(int(d) for d in info["shape"])
             if not dt.quantized or lazy.spec.dtype != "U8" or dt.nbytes(shape) != lazy.spec.numel:
                 raise ValueError(name)
-            tensors[name] = LazyTensor(TensorSpec(name, dt.name, shape), lambda lazy=lazy: lazy.load().reshape(-1))
+            tensors[name] = LazyTensor(TensorSpec(name, dt.name, shape), lambda lazy=lazy: lazy.load().reshape(-1),
+                                       lazy.release)
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError, CorruptFileError):
         raise CorruptFileError(f"{path}: corrupt safetensors file: bad {QUANTIZED_KEY} metadata") from None
 
@@ -164,6 +166,7 @@ def write_safetensors(tensors: dict[str, LazyTensor], path: str | os.PathLike,
             chunk = tensor_bytes(tensors[name].load(), tensors[name].spec)
             f.write(chunk)
             written += len(chunk)
+            tensors[name].release()
     return written
 
 

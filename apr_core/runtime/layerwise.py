@@ -133,6 +133,7 @@ class Layerwise:
         outside = [(n, p) for n, p in self.decoder.named_parameters() if not n.startswith("layers.")]
         decoder_prefix = self.prefix[: -len("layers.")]
         self._assign(self.decoder, {n: self._float(decoder_prefix + n) for n, _ in outside})
+        self._release(decoder_prefix + n for n, _ in outside)
         for name, buf in list(self.decoder.named_buffers()):  # rotary tables
             owner, _, leaf = name.rpartition(".")
             module = self.decoder.get_submodule(owner) if owner else self.decoder
@@ -166,6 +167,8 @@ class Layerwise:
             yield step
             hidden = step.outputs if step.outputs is not None else self.run(i, step.layer, hidden)
             self.release(step.layer)
+            del step
+            trim_heap()
         self.final = hidden
 
     # ------------------------------------------------------------------ layers
@@ -173,8 +176,16 @@ class Layerwise:
         """Decoder layer ``i`` with float weights loaded from the model, on the device."""
         layer = self.decoder.layers[i]
         prefix = f"{self.prefix}{i}."
-        self._assign(layer, {n: self._float(prefix + n) for n, _ in layer.named_parameters()})
+        names = [n for n, _ in layer.named_parameters()]
+        self._assign(layer, {n: self._float(prefix + n) for n in names})
+        self._release(prefix + n for n in names)
         return layer
+
+    def _release(self, names) -> None:
+        """Hand the source pages of tensors just copied onto the device back (see
+        `LazyTensor.release`): otherwise a sweep leaves the whole mapped model resident."""
+        for name in names:
+            self.model.tensors[name].release()
 
     def _float(self, name: str):
         """A weight's values (stored blocks dequantized: a quantized model calibrates as it runs)."""
@@ -216,6 +227,29 @@ class Layerwise:
         for name, mod in layer.named_modules():
             if isinstance(mod, torch.nn.Linear):
                 yield name, mod
+
+
+def trim_heap() -> None:
+    """Return the C heap's free pages to the system (glibc ``malloc_trim``).
+
+    Each layer allocates and frees tens of megabytes of weights, statistics and activations;
+    glibc keeps freed blocks below its (self-raising) mmap threshold in the heap, so without a
+    trim the resident size creeps up layer after layer although nothing is alive.
+    """
+    global _TRIM
+    if _TRIM is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
 
 
 def with_input_hooks(linears, fn: Callable[[str, Any], None]):

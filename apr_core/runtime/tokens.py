@@ -53,6 +53,52 @@ def calibration_windows(model, source: str | None, samples: int, seq_len: int, s
     from ..corpora import load_corpus
     from ..torch_bridge import load_tokenizer
 
+    if source and source.endswith(".jsonl"):
+        given = token_windows(source, samples, seq_len, model)
+        if given is not None:
+            return given
     corpus = load_corpus(source or DEFAULT_CALIBRATION)
     ids = encode(load_tokenizer(model), corpus.text)
     return random_windows(ids, samples, seq_len, seed, f"calibration data {corpus.name}")
+
+
+def token_windows(path: str, samples: int, seq_len: int, model):
+    """Pre-tokenized calibration: a jsonl whose rows carry ``input_ids`` gives its first
+    ``samples`` rows as the windows, each cut to ``seq_len`` tokens (no tokenizer, no seed), so
+    another tool can calibrate on exactly the same tokens. None when the rows are text."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    file = Path(path)
+    if not file.is_file():
+        return None
+    rows = []
+    with file.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise AprError(f"{path}:{number}: not a JSON line") from None
+            if not isinstance(row, dict) or "input_ids" not in row:
+                if not rows:
+                    return None  # a text corpus
+                raise AprError(f"{path}:{number}: no input_ids (the first rows had token ids)")
+            ids = row["input_ids"]
+            if not isinstance(ids, list) or not all(type(i) is int for i in ids):
+                raise AprError(f"{path}:{number}: input_ids must be a list of integers")
+            if len(ids) < seq_len:
+                raise AprError(f"{path}:{number}: {len(ids)} token ids, fewer than --calibration-seq-len {seq_len}")
+            rows.append(ids[:seq_len])
+            if len(rows) == samples:
+                break
+    if len(rows) < samples:
+        raise AprError(f"{path} has {len(rows)} rows of token ids; --calibration-samples asks for {samples}")
+    windows = torch.tensor(rows, dtype=torch.long)
+    vocab = model.text_config().get("vocab_size")
+    if vocab and (int(windows.max()) >= vocab or int(windows.min()) < 0):
+        raise AprError(f"{path}: token ids outside the model's vocabulary (0..{vocab - 1})")
+    return windows

@@ -28,8 +28,9 @@ TARGET_RATIO = ratio_param("Fraction of weights to remove (default 0.5, or what 
 PATTERN = Param("pattern", "str", "unstructured",
                 "Sparsity pattern: unstructured, or N:M such as 2:4 or 4:8 (N kept of every M inputs)")
 CALIBRATION = Param("calibration", "str", None,
-                    "Calibration data: jsonl with a text field, raw text, or a built-in corpus "
-                    "(default: 128 windows of stdlib-calibration)")
+                    "Calibration data: jsonl with a text field (or with input_ids: token-id windows "
+                    "used as given), raw text, or a built-in corpus (default: 128 windows of "
+                    "stdlib-calibration)")
 SAMPLES = Param("calibration_samples", "int", 128, "Number of calibration windows", min=1)
 SEQ_LEN = Param("calibration_seq_len", "int", 256, "Tokens per calibration window", min=8)
 BATCH = Param("calibration_batch", "int", 8, "Calibration windows per forward pass", min=1)
