@@ -326,7 +326,7 @@ def write_gguf(model: Model, path: str | os.PathLike, out_type: str = "f16", pro
     import gguf
     import numpy as np
 
-    from ..quant.convert import float_tensor, restore
+    from ..quant.parallel import ordered_map, worker_count
 
     config = model.text_config()
     arch = GGUF_ARCH.get(model.model_type)
@@ -366,22 +366,33 @@ def write_gguf(model: Model, path: str | os.PathLike, out_type: str = "f16", pro
         w.write_ti_data_to_file()
         if freqs is not None:
             w.write_tensor_data(freqs.numpy())
-        items = plan if progress is None else progress(plan, desc="writing gguf", total=len(plan))
-        for hf, gname, spec, dtype in items:
-            lazy = model.tensors[hf]
-            if by_name(dtype).quantized:
-                if _GGUF_RAW.get(spec.dtype) == dtype:  # stored blocks, copied
-                    raw = _gguf_layout_raw(lazy.load(), spec, gname, arch, config, to_gguf=True)
-                else:  # float (or AprQ8) values: lay out as llama.cpp expects, then quantize
-                    t = _gguf_layout(float_tensor(lazy), gname, arch, config, to_gguf=True)
-                    raw = restore(LazyTensor.of(hf, t.contiguous()), dtype).load()
-                arr = raw.reshape(spec.numel // spec.shape[-1], -1).numpy()
-            else:
-                t = _gguf_layout(float_tensor(lazy), gname, arch, config, to_gguf=True)
-                arr = t.contiguous().numpy().astype(by_name(dtype).torch_name)
+        def array(item):
+            return _gguf_array(model, item, arch, config)
+
+        # quantized on all cores (one tensor per thread), written in order as they complete
+        arrays = ordered_map(array, plan, window=2 * worker_count())
+        items = arrays if progress is None else progress(arrays, desc="writing gguf", total=len(plan))
+        for arr in items:
             w.write_tensor_data(arr)
         w.close()
     return os.fspath(path)
+
+
+def _gguf_array(model: Model, item, arch: str, config: dict):
+    """The numpy array of one plan row as the GGUF file stores it (quantized, laid out for llama.cpp)."""
+    from ..quant.convert import float_tensor, restore
+
+    hf, gname, spec, dtype = item
+    lazy = model.tensors[hf]
+    if by_name(dtype).quantized:
+        if _GGUF_RAW.get(spec.dtype) == dtype:  # stored blocks, copied
+            raw = _gguf_layout_raw(lazy.load(), spec, gname, arch, config, to_gguf=True)
+        else:  # float (or AprQ8) values: lay out as llama.cpp expects, then quantize
+            t = _gguf_layout(float_tensor(lazy), gname, arch, config, to_gguf=True)
+            raw = restore(LazyTensor.of(hf, t.contiguous()), dtype).load()
+        return raw.reshape(spec.numel // spec.shape[-1], -1).numpy()
+    t = _gguf_layout(float_tensor(lazy), gname, arch, config, to_gguf=True)
+    return t.contiguous().numpy().astype(by_name(dtype).torch_name)
 
 
 def file_type(model: Model, out_type: str, plan) -> int:

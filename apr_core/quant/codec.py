@@ -10,6 +10,7 @@ That lets an embedding lookup dequantize only the rows it needs.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import TYPE_CHECKING
 
 from ..dtypes import DType, by_name
@@ -113,21 +114,35 @@ def _numel(shape) -> int:
     return n
 
 
+_THREAD_LOCK = threading.Lock()
+_THREAD_USERS = [0, 0]  # [how many callers are inside one_thread, the thread count to restore]
+
+
 @contextlib.contextmanager
 def one_thread(active: bool = True):
     """Quantize on one thread: the k-quant search runs thousands of ~100k-element ops, and with
-    intra-op threads each pays a hand-off that dominated (up to 100x) on a busy machine."""
+    intra-op threads each pays a hand-off that dominated (up to 100x) on a busy machine.
+
+    torch's thread count is process-wide, and the tensor-parallel writer (`apr_core.quant.parallel`)
+    runs codecs on several Python threads at once: the first caller in sets 1, the last one out
+    restores the count it found, so concurrent callers never restore each other's setting."""
     import torch
 
     if not active:
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    with _THREAD_LOCK:
+        if _THREAD_USERS[0] == 0:
+            _THREAD_USERS[1] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _THREAD_USERS[0] += 1
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        with _THREAD_LOCK:
+            _THREAD_USERS[0] -= 1
+            if _THREAD_USERS[0] == 0:
+                torch.set_num_threads(_THREAD_USERS[1])
 
 
 # -- helpers shared by the codecs --------------------------------------------------------
