@@ -346,7 +346,12 @@ def write_gguf(model: Model, path: str | os.PathLike, out_type: str = "f16", pro
     ftype = file_type(model, out_type, plan)
     freqs = rope_freqs(config) if arch == "llama" else None
 
-    with atomic_path(path) as tmp:
+    def array(item):
+        return _gguf_array(model, item, arch, config)
+
+    # tensors are quantized on all cores (one tensor per thread) from here on, while the header
+    # and the tokenizer are packed, and written in order as they complete
+    with atomic_path(path) as tmp, ordered_map(array, plan, window=2 * worker_count()) as arrays:
         w = gguf.GGUFWriter(os.fspath(tmp), arch)
         write_architecture(w, model, config, arch, ftype)
         write_tokenizer(w, model, config)
@@ -366,11 +371,6 @@ def write_gguf(model: Model, path: str | os.PathLike, out_type: str = "f16", pro
         w.write_ti_data_to_file()
         if freqs is not None:
             w.write_tensor_data(freqs.numpy())
-        def array(item):
-            return _gguf_array(model, item, arch, config)
-
-        # quantized on all cores (one tensor per thread), written in order as they complete
-        arrays = ordered_map(array, plan, window=2 * worker_count())
         items = arrays if progress is None else progress(arrays, desc="writing gguf", total=len(plan))
         for arr in items:
             w.write_tensor_data(arr)

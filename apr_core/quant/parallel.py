@@ -34,30 +34,63 @@ def worker_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None,
-                window: int | None = None) -> Iterator[R]:
+class ordered_map:
     """``map(fn, items)`` computed on ``workers`` threads, yielded in order, ``window`` in flight.
 
-    With one worker it is a plain serial loop (no thread). An exception in ``fn`` is raised at
-    its item's turn; pending work is cancelled when the consumer stops early.
+    Work starts when the object is made (so a caller can do something else, such as writing a
+    file header, while the first items are computed) and the object is a context manager that
+    stops the pool. With one worker it is a plain serial loop (no thread). An exception in
+    ``fn`` is raised at its item's turn; pending work is cancelled when the consumer stops early.
     """
-    from .codec import one_thread
 
-    workers = worker_count() if workers is None else max(1, workers)
-    if workers == 1:
-        for item in items:
-            yield fn(item)
-        return
-    window = max(workers + 1, window or 0)
-    pending: deque = deque()
-    with one_thread(), ThreadPoolExecutor(workers, thread_name_prefix="apr-quant") as pool:
+    def __init__(self, fn: Callable[[T], R], items: Iterable[T], workers: int | None = None,
+                 window: int | None = None):
+        self.fn, self.items = fn, iter(items)
+        self.workers = worker_count() if workers is None else max(1, workers)
+        self.window = max(self.workers + 1, window or 0)
+        self.pending: deque = deque()
+        self.pool = None
+        if self.workers > 1:
+            from .codec import one_thread
+
+            self._threads = one_thread()
+            self._threads.__enter__()
+            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="apr-quant")
+            self._fill()
+
+    def _fill(self) -> None:
+        while len(self.pending) < self.window:
+            try:
+                item = next(self.items)
+            except StopIteration:
+                return
+            self.pending.append(self.pool.submit(self.fn, item))
+
+    def __iter__(self) -> Iterator[R]:
+        if self.pool is None:
+            for item in self.items:
+                yield self.fn(item)
+            return
         try:
-            for item in items:
-                pending.append(pool.submit(fn, item))
-                if len(pending) >= window:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+            while self.pending:
+                result = self.pending.popleft().result()
+                self._fill()
+                yield result
         finally:
-            for f in pending:
-                f.cancel()
+            self.close()
+
+    def close(self) -> None:
+        if self.pool is None:
+            return
+        for f in self.pending:
+            f.cancel()
+        self.pending.clear()
+        self.pool.shutdown(wait=True)
+        self.pool = None
+        self._threads.__exit__(None, None, None)
+
+    def __enter__(self) -> "ordered_map":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
