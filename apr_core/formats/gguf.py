@@ -13,6 +13,7 @@ mixture rules (apr_core.quant.mixtures).
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -60,11 +61,17 @@ def _arch_enum(arch: str):
     raise AprError(f"GGUF architecture {arch!r} is not known to the installed gguf package")
 
 
-def hf_to_gguf_names(hf_names: list[str], arch: str, n_blocks: int) -> dict[str, str]:
-    """Map Hugging Face parameter names to GGUF tensor names (unmapped names are left out)."""
+@functools.lru_cache(maxsize=8)
+def _name_map(arch: str, n_blocks: int):
+    """gguf-py's tensor name table for an architecture (building it takes ~40 ms: kept)."""
     import gguf
 
-    name_map = gguf.get_tensor_name_map(_arch_enum(arch), n_blocks)
+    return gguf.get_tensor_name_map(_arch_enum(arch), n_blocks)
+
+
+def hf_to_gguf_names(hf_names: list[str], arch: str, n_blocks: int) -> dict[str, str]:
+    """Map Hugging Face parameter names to GGUF tensor names (unmapped names are left out)."""
+    name_map = _name_map(arch, n_blocks)
     out = {}
     for hf in hf_names:
         base, _, suffix = hf.rpartition(".")
@@ -449,6 +456,11 @@ def _gguf_layout_raw(raw, spec: TensorSpec, gguf_name: str, arch: str, config: d
     """`_gguf_layout` for stored blocks: the rotary permutation moves whole rows, so the rows'
     bytes move with them (norm +1 never applies: norms are never block-quantized)."""
     if arch in PERMUTED_QK and (".attn_q." in gguf_name or ".attn_k." in gguf_name):
+        import torch
+
         rows = spec.numel // spec.shape[-1]
-        return _gguf_layout(raw.reshape(rows, -1), gguf_name, arch, config, to_gguf).reshape(-1).contiguous()
+        # the permutation of row ids, applied with whole-row copies (a strided uint8 transpose
+        # copies byte by byte)
+        order = _gguf_layout(torch.arange(rows), gguf_name, arch, config, to_gguf)
+        return raw.reshape(rows, -1).index_select(0, order).reshape(-1)
     return raw
