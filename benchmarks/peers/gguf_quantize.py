@@ -10,8 +10,10 @@ numpy port of ggml's reference quantizers, one thread) and writes with ``GGUFWri
 architecture keys, the BPE tokenizer from tokenizer.json (tokens, types, merges, special ids,
 chat template) and the tensors. Which tensors are quantized is apr's choice for the same
 scheme, so both do the same work: Q8_0 (apr's ``q8_0``) every 2-D weight; Q4_0 (apr's ``int4``,
-whose blocks GGUF stores as Q4_0) the 2-D weights inside the transformer blocks, embeddings F32.
-1-D tensors are F32. Llama-family models only (SmolLM2), which is what the benchmark runs.
+whose blocks GGUF stores as Q4_0) the 2-D weights inside the transformer blocks, the embedding
+F16. 1-D tensors are F32. apr's int4 rounds as AprQ4 (scale absmax/7, halves away from zero)
+and gguf-py's Q4_0 as ggml (scale max/-8 of the signed largest element, truncation), so the
+Q4_0 bytes differ while the layout and the work are the same; Q8_0 bytes are identical. Llama-family models only (SmolLM2), which is what the benchmark runs.
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ def main() -> None:
         quantize = t.ndim == 2 and t.shape[-1] % 32 == 0 and (args.type == "Q8_0" or ".layers." in name)
         if quantize:
             w.add_tensor(gname, gguf.quants.quantize(t, qtype), raw_dtype=qtype)
+        elif t.ndim >= 2:  # unquantized matrices as F16, convert_hf_to_gguf's (and apr's) default
+            w.add_tensor(gname, t.astype(np.float16))
         else:
             w.add_tensor(gname, np.ascontiguousarray(t))
     w.write_header_to_file()
