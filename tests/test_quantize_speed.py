@@ -90,19 +90,25 @@ def test_ordered_map_keeps_order_and_raises_in_turn():
 def test_one_thread_restores_the_count_across_threads():
     before = torch.get_num_threads()
     barrier = threading.Barrier(3)
+    inside = []
 
     def work():
         with one_thread():
-            barrier.wait()  # all three inside at once: the last one out restores
+            with one_thread():  # nested: the outer one restores
+                barrier.wait()  # all three inside at once
+                inside.append(torch.get_num_threads())
 
-    threads = [threading.Thread(target=work) for _ in range(3)]
-    for t in threads:
-        t.start()
     with one_thread():
         assert torch.get_num_threads() == 1
+        threads = [threading.Thread(target=work) for _ in range(3)]
+        for t in threads:
+            t.start()
         for t in threads:
             t.join()
         assert torch.get_num_threads() == 1  # the workers leaving did not restore under this caller
+    assert inside == [1, 1, 1]
+    assert torch.get_num_threads() == before
+    assert list(ordered_map(lambda i: torch.get_num_threads(), range(6), workers=2)) == [1] * 6
     assert torch.get_num_threads() == before
 
 

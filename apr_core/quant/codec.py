@@ -118,8 +118,7 @@ def _numel(shape) -> int:
     return n
 
 
-_THREAD_LOCK = threading.Lock()
-_THREAD_USERS = [0, 0]  # [how many callers are inside one_thread, the thread count to restore]
+_THREAD_STATE = threading.local()  # per Python thread: [depth inside one_thread, count to restore]
 
 
 @contextlib.contextmanager
@@ -127,26 +126,29 @@ def one_thread(active: bool = True):
     """Quantize on one thread: the k-quant search runs thousands of ~100k-element ops, and with
     intra-op threads each pays a hand-off that dominated (up to 100x) on a busy machine.
 
-    torch's thread count is process-wide, and the tensor-parallel writer (`apr_core.quant.parallel`)
-    runs codecs on several Python threads at once: the first caller in sets 1, the last one out
-    restores the count it found, so concurrent callers never restore each other's setting."""
+    With OpenMP, torch's intra-op thread count belongs to the calling thread (a new thread starts
+    from the count last set anywhere), and the tensor-parallel writer (`apr_core.quant.parallel`)
+    runs codecs on several Python threads at once. So each thread keeps its own depth: its
+    outermost one_thread saves that thread's count and sets 1, and restores it on the way out;
+    nested and concurrent callers never restore each other's setting."""
     import torch
 
     if not active:
         yield
         return
-    with _THREAD_LOCK:
-        if _THREAD_USERS[0] == 0:
-            _THREAD_USERS[1] = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _THREAD_USERS[0] += 1
+    state = getattr(_THREAD_STATE, "value", None)
+    if state is None:
+        state = _THREAD_STATE.value = [0, 0]
+    if state[0] == 0:
+        state[1] = torch.get_num_threads()
+        torch.set_num_threads(1)
+    state[0] += 1
     try:
         yield
     finally:
-        with _THREAD_LOCK:
-            _THREAD_USERS[0] -= 1
-            if _THREAD_USERS[0] == 0:
-                torch.set_num_threads(_THREAD_USERS[1])
+        state[0] -= 1
+        if state[0] == 0:
+            torch.set_num_threads(state[1])
 
 
 # -- helpers shared by the codecs --------------------------------------------------------
