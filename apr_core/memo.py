@@ -45,6 +45,27 @@ def key_of(kind: str, inputs: Any, libraries: tuple[str, ...]) -> str:
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+_MISSING = object()
+
+
+def _path(kind: str, inputs: Any, libraries: tuple[str, ...]) -> Path:
+    return memo_dir() / kind / f"{key_of(kind, inputs, libraries)}.json"
+
+
+def recall(kind: str, inputs: Any, libraries: tuple[str, ...] = (),
+           valid: Callable[[Any], bool] = lambda value: True, default: Any = None) -> Any:
+    """The stored value for ``kind`` and ``inputs`` if there is a valid one, else ``default``."""
+    if not enabled():
+        return default
+    try:
+        stored = json.loads(_path(kind, inputs, libraries).read_bytes())
+        if isinstance(stored, dict) and "value" in stored and valid(stored["value"]):
+            return stored["value"]
+    except (OSError, ValueError):
+        pass
+    return default
+
+
 def memoized(kind: str, inputs: Any, compute: Callable[[], Any], libraries: tuple[str, ...] = (),
              valid: Callable[[Any], bool] = lambda value: True) -> Any:
     """``compute()``, or its stored JSON value for the same ``kind``, ``inputs`` and library versions.
@@ -52,13 +73,10 @@ def memoized(kind: str, inputs: Any, compute: Callable[[], Any], libraries: tupl
     ``valid`` vets a stored value before it is trusted (a damaged entry is recomputed)."""
     if not enabled():
         return compute()
-    path = memo_dir() / kind / f"{key_of(kind, inputs, libraries)}.json"
-    try:
-        stored = json.loads(path.read_bytes())
-        if isinstance(stored, dict) and "value" in stored and valid(stored["value"]):
-            return stored["value"]
-    except (OSError, ValueError):
-        pass
+    stored = recall(kind, inputs, libraries, valid, _MISSING)
+    if stored is not _MISSING:
+        return stored
+    path = _path(kind, inputs, libraries)
     value = compute()
     try:
         from .atomic import write_bytes

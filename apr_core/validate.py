@@ -162,6 +162,17 @@ def _check_tokenizer_json(tok: dict[str, Any], where: str) -> None:
         raise _bad(where, "tokenizer.json: model.merges is not a list of merges")
 
 
+CLASS_TENSORS, CLASS_TENSORS_LIBRARIES = "class-tensors", ("transformers", "torch")
+
+
+def known_tensor_names(config: dict) -> list[str] | None:
+    """The tensor names of the config's transformers class if a check already stored them (no import)."""
+    from .memo import recall
+
+    info = recall(CLASS_TENSORS, config, CLASS_TENSORS_LIBRARIES, _valid_class_tensors)
+    return list(info["expected"]) if info else None
+
+
 def _class_tensors(config: dict, where: str) -> dict | None:
     """The tensors of the config's transformers class: {"class", "expected" {name: shape},
     "optional" (tied), "buffers"}; None when transformers has no class for the config."""
@@ -200,8 +211,8 @@ def check_tensors(model, where: str) -> None:
     work), so they are memoized on disk (apr_core.memo); a config that fails is never stored."""
     from .memo import memoized
 
-    info = memoized("class-tensors", model.config, lambda: _class_tensors(model.config, where),
-                    libraries=("transformers", "torch"), valid=_valid_class_tensors)
+    info = memoized(CLASS_TENSORS, model.config, lambda: _class_tensors(model.config, where),
+                    libraries=CLASS_TENSORS_LIBRARIES, valid=_valid_class_tensors)
     if info is None:
         return
     cls_name = info["class"]

@@ -14,6 +14,7 @@ mixture rules (apr_core.quant.mixtures).
 from __future__ import annotations
 
 import functools
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -84,6 +85,11 @@ def hf_to_gguf_names(hf_names: list[str], arch: str, n_blocks: int) -> dict[str,
 
 
 def _hf_param_names(config: dict[str, Any]) -> list[str]:
+    from ..validate import known_tensor_names
+
+    known = known_tensor_names(config)  # what an earlier load's tensor check stored (apr_core.memo)
+    if known is not None:
+        return known
     from ..torch_bridge import meta_model
 
     return list(meta_model(config).state_dict().keys())
@@ -111,7 +117,7 @@ def read_gguf(path: str | os.PathLike, dtype: str | None = None, preserve_quant:
     except Exception as exc:  # gguf-py raises ValueError, struct.error, IndexError... on bad files
         raise CorruptFileError(f"{path}: corrupt GGUF file: {first_line(exc)}") from None
     _check_layout(reader, path)
-    config, tokenizer, gen = _config_and_tokenizer(path)
+    config, tokenizer, gen = _remembered_config_and_tokenizer(path, reader)
     _implied_by_llama_cpp(config, arch)
     check_config(config, path)
     n_blocks = int(config.get("num_hidden_layers") or 0)
@@ -194,6 +200,33 @@ def _implied_by_llama_cpp(config: dict, arch: str) -> None:
         layers, heads = int(config["num_hidden_layers"]), int(config["num_attention_heads"])
         head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
         config["query_pre_attn_scalar"] = int(config["hidden_size"]) // heads if layers == 62 else head_dim
+
+
+def _remembered_config_and_tokenizer(path: str, reader):
+    """`_config_and_tokenizer`, memoized (apr_core.memo) by a sha256 of everything before the tensor
+    data (header, key-value metadata, tensor infos), which is all transformers reads; building them
+    imports transformers' GGUF support and rebuilds the tokenizer (seconds)."""
+    import base64
+    import hashlib
+
+    from ..memo import memoized
+
+    head = hashlib.sha256(memoryview(reader.data[:int(reader.data_offset)])).hexdigest()
+
+    def compute():
+        config, tokenizer, gen = _config_and_tokenizer(path)
+        return {"config": config, "gen": gen,
+                "tokenizer": {k: base64.b64encode(v).decode("ascii") for k, v in tokenizer.items()}}
+
+    def valid(v):
+        return (isinstance(v, dict) and isinstance(v.get("config"), dict) and isinstance(v.get("tokenizer"), dict)
+                and all(isinstance(x, str) for x in v["tokenizer"].values()))
+
+    value = memoized("gguf-config-tokenizer", {"metadata_sha256": head}, compute,
+                     libraries=("transformers", "tokenizers"), valid=valid)
+    value = json.loads(json.dumps(value))  # the same types whether computed now or stored
+    tokenizer = {k: base64.b64decode(v) for k, v in value["tokenizer"].items()}
+    return value["config"], tokenizer, value["gen"]
 
 
 def _config_and_tokenizer(path: str):
