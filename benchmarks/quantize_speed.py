@@ -19,6 +19,13 @@ second command on the same model sees, e.g. quantize after import), apr with an 
 and the peer. Wall time (perf_counter around the child), CPU time (user+sys of the child from
 wait4) and peak RSS (ru_maxrss) per run; the table gives medians and the apr/peer ratio of the
 medians. Prints a markdown table and writes ``results.json``.
+
+``--llama-quantize BIN`` adds the k-quant mixtures against llama.cpp's own tool: apr's f32 GGUF
+export of the model (made once) goes through ``llama-quantize f32.gguf out.gguf Q4_K_S`` / ``Q6_K``
+and ``apr quantize f32.gguf --scheme q4k`` / ``q6k``, interleaved, with the same measurements
+plus throughput (f32 MB of the input file per wall second) and a per-tensor byte comparison.
+(llama-quantize is built from the llama.cpp vendored in the llama-cpp-python sdist; see
+docs/quantize.md.)
 """
 
 from __future__ import annotations
@@ -88,6 +95,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="runs/bench-quantize-speed")
     ap.add_argument("--peer-venv", default="runs/peers/gguf")
+    ap.add_argument("--llama-quantize", default=None, help="path of a llama-quantize binary (k-quant rows)")
+    ap.add_argument("--kquant-repeats", type=int, default=2)
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -135,8 +144,44 @@ def main() -> None:
                             "rss_ratio": round(med[who]["peak_rss_mb"] / med["peer"]["peak_rss_mb"], 2)})
     result = {"model": args.model, "repeats": args.repeats, "cpus": len(os.sched_getaffinity(0)),
               "load_avg": os.getloadavg(), "runs": runs, "summary": summary, "tensor_check": checks}
+    if args.llama_quantize:
+        result["kquants"] = kquants(args, apr, env, warm_cache, out)
     (out / "results.json").write_text(json.dumps(result, indent=2))
     print(table(result))
+
+
+KQUANT = {"Q4_K_S": "q4k", "Q6_K": "q6k"}
+
+
+def kquants(args, apr: list[str], env: dict, warm_cache: Path, out: Path) -> dict:
+    """apr against llama-quantize on the k-quant mixtures, from one f32 GGUF."""
+    f32 = out / (Path(args.model).stem + "-f32.gguf")
+    if not f32.exists():
+        subprocess.run([*apr, "export", args.model, "--format", "gguf", "--dtype", "f32", "-o", str(f32)],
+                       check=True, env=env, stdout=subprocess.DEVNULL)
+    mb = f32.stat().st_size / 1e6
+    warm_env = dict(env, APR_CACHE=str(warm_cache))
+    subprocess.run([*apr, "quantize", str(f32), "--scheme", "q8_0", "--format", "gguf", "-o",
+                    str(out / "warmup.gguf")], check=True, env=warm_env, stdout=subprocess.DEVNULL)
+    runs = []
+    for rep in range(args.kquant_repeats):
+        for mixture, scheme in KQUANT.items():
+            for who in ("apr", "llama-quantize"):
+                target = out / f"{who}-{mixture}.gguf"
+                cmd = ([*apr, "quantize", str(f32), "--scheme", scheme, "--format", "gguf", "-o", str(target)]
+                       if who == "apr" else [args.llama_quantize, str(f32), str(target), mixture])
+                r = {"tool": who, "type": mixture, "round": rep, **measured(cmd, warm_env)}
+                r["mb_s"] = round(mb / r["wall_s"], 1)
+                runs.append(r)
+                print(json.dumps(r), flush=True)
+    summary = []
+    for mixture in KQUANT:
+        med = {who: {k: statistics.median(r[k] for r in runs if r["tool"] == who and r["type"] == mixture)
+                     for k in ("wall_s", "cpu_s", "peak_rss_mb", "mb_s")} for who in ("apr", "llama-quantize")}
+        summary.append({"type": mixture, "apr": med["apr"], "llama_quantize": med["llama-quantize"],
+                        "wall_ratio": round(med["apr"]["wall_s"] / med["llama-quantize"]["wall_s"], 2),
+                        "check": tensors_equal(out / f"apr-{mixture}.gguf", out / f"llama-quantize-{mixture}.gguf")})
+    return {"input_mb": round(mb, 1), "runs": runs, "summary": summary}
 
 
 def table(result: dict) -> str:
@@ -148,6 +193,17 @@ def table(result: dict) -> str:
                      f"{s['cpu_s']:.2f} | {s['peer_cpu_s']:.2f} | {s['cpu_ratio']} | {s['peak_rss_mb']:.0f} | "
                      f"{s['peer_peak_rss_mb']:.0f} | {s['rss_ratio']} |")
     lines.append("")
+    if "kquants" in result:
+        lines += [f"k-quants from the f32 GGUF ({result['kquants']['input_mb']} MB):", "",
+                  "| mixture | apr wall s | llama-quantize wall s | wall apr/llama | apr MB/s | llama-quantize MB/s "
+                  "| apr CPU s | llama CPU s | apr RSS MB | llama RSS MB | tensors byte-identical |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for k in result["kquants"]["summary"]:
+            a, b, c = k["apr"], k["llama_quantize"], k["check"]
+            lines.append(f"| {k['type']} | {a['wall_s']:.2f} | {b['wall_s']:.2f} | {k['wall_ratio']} | {a['mb_s']} | "
+                         f"{b['mb_s']} | {a['cpu_s']:.2f} | {b['cpu_s']:.2f} | {a['peak_rss_mb']:.0f} | "
+                         f"{b['peak_rss_mb']:.0f} | {c['bytes_equal']}/{c['compared']} |")
+        lines.append("")
     for q, c in result["tensor_check"].items():
         lines.append(f"{q}: {c['types_equal']}/{c['compared']} tensors of the same type, {c['bytes_equal']} "
                      f"byte-identical between apr's and the peer's file ({c['tensors_apr']} vs "
