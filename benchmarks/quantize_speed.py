@@ -200,8 +200,8 @@ def table(result: dict) -> str:
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for k in result["kquants"]["summary"]:
             a, b, c = k["apr"], k["llama_quantize"], k["check"]
-            lines.append(f"| {k['type']} | {a['wall_s']:.2f} | {b['wall_s']:.2f} | {k['wall_ratio']} | {a['mb_s']} | "
-                         f"{b['mb_s']} | {a['cpu_s']:.2f} | {b['cpu_s']:.2f} | {a['peak_rss_mb']:.0f} | "
+            lines.append(f"| {k['type']} | {a['wall_s']:.2f} | {b['wall_s']:.2f} | {k['wall_ratio']} | {a['mb_s']:.1f} | "
+                         f"{b['mb_s']:.1f} | {a['cpu_s']:.2f} | {b['cpu_s']:.2f} | {a['peak_rss_mb']:.0f} | "
                          f"{b['peak_rss_mb']:.0f} | {c['bytes_equal']}/{c['compared']} |")
         lines.append("")
     for q, c in result["tensor_check"].items():

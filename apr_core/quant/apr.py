@@ -95,7 +95,7 @@ class AprQ4(Codec):
         scale = (blocks.abs().amax(dim=1) / 7).to(torch.float16).to(torch.float32)
         safe = torch.where(scale == 0, torch.ones_like(scale), scale)
         q = round_half_away_int(blocks / safe[:, None]).clamp_(-8, 7)
-        q = torch.where(scale[:, None] == 0, torch.zeros_like(q), q) + 8
+        q = q.masked_fill_(scale[:, None] == 0, 0).add_(8)  # in place: no more block-sized temporaries
         return torch.cat([f16_bytes(scale), pack_low_high(q)], dim=1)
 
     def encode(self, x):
