@@ -124,6 +124,8 @@ def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
             report = pipeline.batch(kind.name, names_, list(models), raw, output, fmt, ctx, batch_raw)
             return _emit_json(report) if as_json else _print_plan(report)
         if plan or actions:
+            if fmt or output:  # the plan's memory estimate depends on the writer
+                ctx.output_format = pipeline.output_format(output or "", fmt)
             report = (pipeline.action(kind.name, name, actions[0], list(models), raw, ctx) if actions
                       else pipeline.plan(kind.name, name, list(models), raw, ctx))
             return _emit_json(report) if as_json else _print_plan(report)

@@ -162,31 +162,69 @@ def _check_tokenizer_json(tok: dict[str, Any], where: str) -> None:
         raise _bad(where, "tokenizer.json: model.merges is not a list of merges")
 
 
-def check_tensors(model, where: str) -> None:
-    """Refuse tensors that are missing from, foreign to, or shaped unlike the config's architecture."""
+CLASS_TENSORS, CLASS_TENSORS_LIBRARIES = "class-tensors", ("transformers", "torch")
+
+
+def known_tensor_names(config: dict) -> list[str] | None:
+    """The tensor names of the config's transformers class if a check already stored them (no import)."""
+    from .memo import recall
+
+    info = recall(CLASS_TENSORS, config, CLASS_TENSORS_LIBRARIES, _valid_class_tensors)
+    return list(info["expected"]) if info else None
+
+
+def _class_tensors(config: dict, where: str) -> dict | None:
+    """The tensors of the config's transformers class: {"class", "expected" {name: shape},
+    "optional" (tied), "buffers"}; None when transformers has no class for the config."""
     from .torch_bridge import causal_lm_class, meta_model
 
     try:
-        cls = causal_lm_class(model.config)
+        cls = causal_lm_class(config)
     except AprError:
-        return  # transformers has no class for it: nothing to check the tensors against
+        return None  # transformers has no class for it: nothing to check the tensors against
     except Exception as exc:  # transformers' config classes validate values with many error types
         raise _bad(where, f"the config is not valid for transformers: {first_line(exc)}") from None
     try:
-        module = meta_model(model.config, buffers=False)
+        module = meta_model(config, buffers=False)
     except AprError as exc:
         raise _bad(where, str(exc)) from None
     except Exception as exc:  # the same for the module constructors
         raise _bad(where, f"the config does not describe a valid {cls.__name__}: {first_line(exc)}") from None
-    expected = {n: tuple(t.shape) for n, t in module.state_dict().items()}
-    optional = set(getattr(module, "all_tied_weights_keys", None) or {})
-    buffers = {n for n, _ in module.named_buffers()}
+    return {"class": cls.__name__,
+            "expected": {n: list(t.shape) for n, t in module.state_dict().items()},
+            "optional": sorted(getattr(module, "all_tied_weights_keys", None) or {}),
+            "buffers": sorted(n for n, _ in module.named_buffers())}
+
+
+def _valid_class_tensors(value) -> bool:
+    return value is None or (isinstance(value, dict) and isinstance(value.get("class"), str)
+                             and isinstance(value.get("expected"), dict)
+                             and all(isinstance(s, list) for s in value["expected"].values())
+                             and isinstance(value.get("optional"), list) and isinstance(value.get("buffers"), list))
+
+
+def check_tensors(model, where: str) -> None:
+    """Refuse tensors that are missing from, foreign to, or shaped unlike the config's architecture.
+
+    The class's tensor names and shapes depend only on the config and the transformers version,
+    and building them imports transformers' modeling code (seconds, more than many commands'
+    work), so they are memoized on disk (apr_core.memo); a config that fails is never stored."""
+    from .memo import memoized
+
+    info = memoized(CLASS_TENSORS, model.config, lambda: _class_tensors(model.config, where),
+                    libraries=CLASS_TENSORS_LIBRARIES, valid=_valid_class_tensors)
+    if info is None:
+        return
+    cls_name = info["class"]
+    expected = {n: tuple(s) for n, s in info["expected"].items()}
+    optional = set(info["optional"])
+    buffers = set(info["buffers"])
     missing = [n for n in expected if n not in model.tensors and n not in optional]
     if missing:
-        raise _bad(where, f"model has no tensor {missing[0]} ({len(missing)} missing) for {cls.__name__}")
+        raise _bad(where, f"model has no tensor {missing[0]} ({len(missing)} missing) for {cls_name}")
     extra = sorted(n for n in model.tensors if n not in expected and n not in buffers)
     if extra:
-        raise _bad(where, f"tensor {extra[0]} is not part of {cls.__name__} ({len(extra)} such); the "
+        raise _bad(where, f"tensor {extra[0]} is not part of {cls_name} ({len(extra)} such); the "
                           f"config's model_type or layer count does not match the tensors")
     for name in sorted(set(expected) & set(model.tensors)):
         shape = tuple(model.tensors[name].spec.shape)

@@ -13,6 +13,8 @@ mixture rules (apr_core.quant.mixtures).
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -60,11 +62,17 @@ def _arch_enum(arch: str):
     raise AprError(f"GGUF architecture {arch!r} is not known to the installed gguf package")
 
 
-def hf_to_gguf_names(hf_names: list[str], arch: str, n_blocks: int) -> dict[str, str]:
-    """Map Hugging Face parameter names to GGUF tensor names (unmapped names are left out)."""
+@functools.lru_cache(maxsize=8)
+def _name_map(arch: str, n_blocks: int):
+    """gguf-py's tensor name table for an architecture (building it takes ~40 ms: kept)."""
     import gguf
 
-    name_map = gguf.get_tensor_name_map(_arch_enum(arch), n_blocks)
+    return gguf.get_tensor_name_map(_arch_enum(arch), n_blocks)
+
+
+def hf_to_gguf_names(hf_names: list[str], arch: str, n_blocks: int) -> dict[str, str]:
+    """Map Hugging Face parameter names to GGUF tensor names (unmapped names are left out)."""
+    name_map = _name_map(arch, n_blocks)
     out = {}
     for hf in hf_names:
         base, _, suffix = hf.rpartition(".")
@@ -77,6 +85,11 @@ def hf_to_gguf_names(hf_names: list[str], arch: str, n_blocks: int) -> dict[str,
 
 
 def _hf_param_names(config: dict[str, Any]) -> list[str]:
+    from ..validate import known_tensor_names
+
+    known = known_tensor_names(config)  # what an earlier load's tensor check stored (apr_core.memo)
+    if known is not None:
+        return known
     from ..torch_bridge import meta_model
 
     return list(meta_model(config).state_dict().keys())
@@ -104,7 +117,7 @@ def read_gguf(path: str | os.PathLike, dtype: str | None = None, preserve_quant:
     except Exception as exc:  # gguf-py raises ValueError, struct.error, IndexError... on bad files
         raise CorruptFileError(f"{path}: corrupt GGUF file: {first_line(exc)}") from None
     _check_layout(reader, path)
-    config, tokenizer, gen = _config_and_tokenizer(path)
+    config, tokenizer, gen = _remembered_config_and_tokenizer(path, reader)
     _implied_by_llama_cpp(config, arch)
     check_config(config, path)
     n_blocks = int(config.get("num_hidden_layers") or 0)
@@ -187,6 +200,33 @@ def _implied_by_llama_cpp(config: dict, arch: str) -> None:
         layers, heads = int(config["num_hidden_layers"]), int(config["num_attention_heads"])
         head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
         config["query_pre_attn_scalar"] = int(config["hidden_size"]) // heads if layers == 62 else head_dim
+
+
+def _remembered_config_and_tokenizer(path: str, reader):
+    """`_config_and_tokenizer`, memoized (apr_core.memo) by a sha256 of everything before the tensor
+    data (header, key-value metadata, tensor infos), which is all transformers reads; building them
+    imports transformers' GGUF support and rebuilds the tokenizer (seconds)."""
+    import base64
+    import hashlib
+
+    from ..memo import memoized
+
+    head = hashlib.sha256(memoryview(reader.data[:int(reader.data_offset)])).hexdigest()
+
+    def compute():
+        config, tokenizer, gen = _config_and_tokenizer(path)
+        return {"config": config, "gen": gen,
+                "tokenizer": {k: base64.b64encode(v).decode("ascii") for k, v in tokenizer.items()}}
+
+    def valid(v):
+        return (isinstance(v, dict) and isinstance(v.get("config"), dict) and isinstance(v.get("tokenizer"), dict)
+                and all(isinstance(x, str) for x in v["tokenizer"].values()))
+
+    value = memoized("gguf-config-tokenizer", {"metadata_sha256": head}, compute,
+                     libraries=("transformers", "tokenizers"), valid=valid)
+    value = json.loads(json.dumps(value))  # the same types whether computed now or stored
+    tokenizer = {k: base64.b64decode(v) for k, v in value["tokenizer"].items()}
+    return value["config"], tokenizer, value["gen"]
 
 
 def _config_and_tokenizer(path: str):
@@ -326,7 +366,7 @@ def write_gguf(model: Model, path: str | os.PathLike, out_type: str = "f16", pro
     import gguf
     import numpy as np
 
-    from ..quant.convert import float_tensor, restore
+    from ..quant.parallel import ordered_map, worker_count
 
     config = model.text_config()
     arch = GGUF_ARCH.get(model.model_type)
@@ -346,7 +386,12 @@ def write_gguf(model: Model, path: str | os.PathLike, out_type: str = "f16", pro
     ftype = file_type(model, out_type, plan)
     freqs = rope_freqs(config) if arch == "llama" else None
 
-    with atomic_path(path) as tmp:
+    def array(item):
+        return _gguf_array(model, item, arch, config)
+
+    # tensors are quantized on all cores (one tensor per thread) from here on, while the header
+    # and the tokenizer are packed, and written in order as they complete
+    with atomic_path(path) as tmp, ordered_map(array, plan, window=2 * worker_count()) as arrays:
         w = gguf.GGUFWriter(os.fspath(tmp), arch)
         write_architecture(w, model, config, arch, ftype)
         write_tokenizer(w, model, config)
@@ -366,22 +411,28 @@ def write_gguf(model: Model, path: str | os.PathLike, out_type: str = "f16", pro
         w.write_ti_data_to_file()
         if freqs is not None:
             w.write_tensor_data(freqs.numpy())
-        items = plan if progress is None else progress(plan, desc="writing gguf", total=len(plan))
-        for hf, gname, spec, dtype in items:
-            lazy = model.tensors[hf]
-            if by_name(dtype).quantized:
-                if _GGUF_RAW.get(spec.dtype) == dtype:  # stored blocks, copied
-                    raw = _gguf_layout_raw(lazy.load(), spec, gname, arch, config, to_gguf=True)
-                else:  # float (or AprQ8) values: lay out as llama.cpp expects, then quantize
-                    t = _gguf_layout(float_tensor(lazy), gname, arch, config, to_gguf=True)
-                    raw = restore(LazyTensor.of(hf, t.contiguous()), dtype).load()
-                arr = raw.reshape(spec.numel // spec.shape[-1], -1).numpy()
-            else:
-                t = _gguf_layout(float_tensor(lazy), gname, arch, config, to_gguf=True)
-                arr = t.contiguous().numpy().astype(by_name(dtype).torch_name)
+        items = arrays if progress is None else progress(arrays, desc="writing gguf", total=len(plan))
+        for arr in items:
             w.write_tensor_data(arr)
         w.close()
     return os.fspath(path)
+
+
+def _gguf_array(model: Model, item, arch: str, config: dict):
+    """The numpy array of one plan row as the GGUF file stores it (quantized, laid out for llama.cpp)."""
+    from ..quant.convert import float_tensor, restore
+
+    hf, gname, spec, dtype = item
+    lazy = model.tensors[hf]
+    if by_name(dtype).quantized:
+        if _GGUF_RAW.get(spec.dtype) == dtype:  # stored blocks, copied
+            raw = _gguf_layout_raw(lazy.load(), spec, gname, arch, config, to_gguf=True)
+        else:  # float (or AprQ8) values: lay out as llama.cpp expects, then quantize
+            t = _gguf_layout(float_tensor(lazy), gname, arch, config, to_gguf=True)
+            raw = restore(LazyTensor.of(hf, t.contiguous()), dtype).load()
+        return raw.reshape(spec.numel // spec.shape[-1], -1).numpy()
+    t = _gguf_layout(float_tensor(lazy), gname, arch, config, to_gguf=True)
+    return t.contiguous().numpy().astype(by_name(dtype).torch_name)
 
 
 def file_type(model: Model, out_type: str, plan) -> int:
@@ -438,6 +489,11 @@ def _gguf_layout_raw(raw, spec: TensorSpec, gguf_name: str, arch: str, config: d
     """`_gguf_layout` for stored blocks: the rotary permutation moves whole rows, so the rows'
     bytes move with them (norm +1 never applies: norms are never block-quantized)."""
     if arch in PERMUTED_QK and (".attn_q." in gguf_name or ".attn_k." in gguf_name):
+        import torch
+
         rows = spec.numel // spec.shape[-1]
-        return _gguf_layout(raw.reshape(rows, -1), gguf_name, arch, config, to_gguf).reshape(-1).contiguous()
+        # the permutation of row ids, applied with whole-row copies (a strided uint8 transpose
+        # copies byte by byte)
+        order = _gguf_layout(torch.arange(rows), gguf_name, arch, config, to_gguf)
+        return raw.reshape(rows, -1).index_select(0, order).reshape(-1)
     return raw

@@ -270,12 +270,25 @@ def effective_tokenizer(model: Model) -> dict:
     """
     if not model.tokenizer.get("tokenizer.json"):
         raise AprError("GGUF export needs tokenizer.json; this model has no fast tokenizer")
-    from ..torch_bridge import load_tokenizer
+    import hashlib
 
-    backend = getattr(load_tokenizer(model), "backend_tokenizer", None)
-    if backend is None:
-        raise AprError("GGUF export: transformers builds no fast tokenizer from this model's tokenizer.json")
-    return json.loads(backend.to_str())
+    from ..memo import memoized
+
+    def build() -> str:
+        from ..torch_bridge import load_tokenizer
+
+        backend = getattr(load_tokenizer(model), "backend_tokenizer", None)
+        if backend is None:
+            raise AprError("GGUF export: transformers builds no fast tokenizer from this model's tokenizer.json")
+        return backend.to_str()
+
+    # what transformers builds depends on the files, the config (its class) and the versions only;
+    # building it imports transformers (seconds), so the result is memoized (apr_core.memo)
+    files = {name: hashlib.sha256(data if isinstance(data, bytes) else str(data).encode()).hexdigest()
+             for name, data in model.tokenizer.items()}
+    text = memoized("effective-tokenizer", {"files": files, "config": model.config}, build,
+                    libraries=("transformers", "tokenizers"), valid=lambda v: isinstance(v, str))
+    return json.loads(text)
 
 
 def _token_content(value):

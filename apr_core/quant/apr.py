@@ -12,7 +12,7 @@ The per-row variant (``APR_Q8_ROW``) stores each row as its f32 scale
 
 from __future__ import annotations
 
-from .codec import Codec, f16_bytes, f32_bytes, read_f16, read_f32, round_half_away
+from .codec import Codec, f16_bytes, f32_bytes, read_f16, read_f32, round_half_away_int
 
 
 def _int8_codes(x, scale):
@@ -20,7 +20,7 @@ def _int8_codes(x, scale):
     import torch
 
     safe = torch.where(scale == 0, torch.ones_like(scale), scale)
-    q = round_half_away(x / safe).clamp_(-127, 127)
+    q = round_half_away_int(x / safe).clamp_(-127, 127)
     return torch.where(scale == 0, torch.zeros_like(q), q).to(torch.int8)
 
 
@@ -94,8 +94,8 @@ class AprQ4(Codec):
         blocks = x.reshape(-1, 32)
         scale = (blocks.abs().amax(dim=1) / 7).to(torch.float16).to(torch.float32)
         safe = torch.where(scale == 0, torch.ones_like(scale), scale)
-        q = round_half_away(blocks / safe[:, None]).clamp_(-8, 7)
-        q = torch.where(scale[:, None] == 0, torch.zeros_like(q), q) + 8
+        q = round_half_away_int(blocks / safe[:, None]).clamp_(-8, 7)
+        q = q.masked_fill_(scale[:, None] == 0, 0).add_(8)  # in place: no more block-sized temporaries
         return torch.cat([f16_bytes(scale), pack_low_high(q)], dim=1)
 
     def encode(self, x):

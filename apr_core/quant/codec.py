@@ -10,6 +10,7 @@ That lets an embedding lookup dequantize only the rows it needs.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import TYPE_CHECKING
 
 from ..dtypes import DType, by_name
@@ -63,6 +64,10 @@ class Codec:
             raise AprError(f"{self.dtype} needs rows that are a multiple of {self.block_size}, "
                            f"got shape {list(w.shape)}")
         cols = int(w.shape[-1])
+        if device == "cpu":
+            from ..runtime.malloc import retain_freed_memory
+
+            retain_freed_memory()  # the chunks' temporaries reuse heap memory (no fresh page faults)
         x = w.detach().to(device, torch.float32).reshape(-1, cols)
         # a tensor-wide prefix (AprQ8's scale) needs every row at once; others go in chunks
         step = x.shape[0] if self.dt.prefix_bytes else max(1, CHUNK_ELEMENTS // max(cols, 1))
@@ -113,21 +118,37 @@ def _numel(shape) -> int:
     return n
 
 
+_THREAD_STATE = threading.local()  # per Python thread: [depth inside one_thread, count to restore]
+
+
 @contextlib.contextmanager
 def one_thread(active: bool = True):
     """Quantize on one thread: the k-quant search runs thousands of ~100k-element ops, and with
-    intra-op threads each pays a hand-off that dominated (up to 100x) on a busy machine."""
+    intra-op threads each pays a hand-off that dominated (up to 100x) on a busy machine.
+
+    With OpenMP, torch's intra-op thread count belongs to the calling thread (a new thread starts
+    from the count last set anywhere), and the tensor-parallel writer (`apr_core.quant.parallel`)
+    runs codecs on several Python threads at once. So each thread keeps its own depth: its
+    outermost one_thread saves that thread's count and sets 1, and restores it on the way out;
+    nested and concurrent callers never restore each other's setting."""
     import torch
 
     if not active:
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    state = getattr(_THREAD_STATE, "value", None)
+    if state is None:
+        state = _THREAD_STATE.value = [0, 0]
+    if state[0] == 0:
+        state[1] = torch.get_num_threads()
+        torch.set_num_threads(1)
+    state[0] += 1
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        state[0] -= 1
+        if state[0] == 0:
+            torch.set_num_threads(state[1])
 
 
 # -- helpers shared by the codecs --------------------------------------------------------
@@ -142,6 +163,25 @@ def round_half_away(x: "torch.Tensor") -> "torch.Tensor":
 
     whole = torch.trunc(x)
     return whole + torch.sign(x) * ((x - whole).abs() >= 0.5).to(x.dtype)
+
+
+def round_half_away_int(x: "torch.Tensor") -> "torch.Tensor":
+    """`round_half_away` of ``x`` as int32, for ``|x| < 2**30``; ``x`` is overwritten.
+
+    roundf(v) = trunc(2v) - trunc(v): with v = n + f (n = trunc(v), |f| < 1 of v's sign),
+    2v = 2n + 2f exactly, so trunc(2v) = 2n + trunc(2f) and the difference is
+    n + sign(v)·[|f| >= 0.5]. Doubling is exact and the float-to-int32 conversion truncates,
+    so the result equals `round_half_away` exactly, in a few passes that allocate little
+    (torch's float ``trunc`` is not vectorised on the CPU and was most of Q8_0's time). NaN
+    and infinities (a block whose scale underflowed) give code 0, as converting
+    `round_half_away`'s NaN or infinity to int8 does. The quantizers call it on
+    ``x / scale``, bounded by the largest code.
+    """
+    import torch
+
+    whole = x.to(torch.int32)
+    doubled = x.mul_(2).to(torch.int32)
+    return doubled.sub_(whole)
 
 
 def nearest_int(x: "torch.Tensor") -> "torch.Tensor":

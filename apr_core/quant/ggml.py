@@ -15,7 +15,7 @@ rounding reproduces ggml's reference functions: ``roundf(x / d)`` for Q8_0,
 from __future__ import annotations
 
 from .apr import pack_low_high, unpack_low_high
-from .codec import Codec, f16_bytes, read_f16, round_half_away
+from .codec import Codec, f16_bytes, read_f16, round_half_away_int
 
 
 def _signed_absmax(blocks):
@@ -59,7 +59,7 @@ class Q8_0(Codec):
 
         blocks = x.reshape(-1, 32)
         d = blocks.abs().amax(dim=1) / 127
-        q = round_half_away(blocks * _inverse(d)[:, None]).to(torch.int8)
+        q = round_half_away_int(blocks * _inverse(d)[:, None]).to(torch.int8)
         return torch.cat([f16_bytes(d), q.view(torch.uint8)], dim=1)
 
     def decode_rows(self, raw, rows, cols):

@@ -121,10 +121,18 @@ class QuantScheme(TransformTechnique):
 
         largest = max((s.numel for s in (model.spec(n) for n in model.names())), default=0)
         largest_out = max((out.spec(n).nbytes for n in out.names()), default=0)
+        # one tensor's float32 copy and its output, plus the codec's per-chunk temporaries; the GGUF
+        # writer quantizes one tensor per worker thread and holds up to 2 x workers outputs in
+        # flight (apr_core.quant.parallel)
+        workers = 1
+        if context.output_format == "gguf":
+            from apr_core.quant.parallel import worker_count
+
+            workers = min(worker_count(), max(1, len(model.names())))
+        per_worker = 4 * largest + 24 * 4 * min(largest, CHUNK_ELEMENTS)
         report = {"technique": f"quantize {self.name}", "input": model.source,
                   **summary(model, out, self.recipe),
-                  # one tensor's float32 copy and its output, plus the codec's per-chunk temporaries
-                  "peak_memory_bytes": 4 * largest + largest_out + 24 * 4 * min(largest, CHUNK_ELEMENTS),
+                  "peak_memory_bytes": workers * per_worker + (2 * workers if workers > 1 else 1) * largest_out,
                   "groups": rows}
         return report
 

@@ -27,7 +27,6 @@ from apr_core.technique import EvaluateTechnique
 from .extraction import extract_code
 from .passk import mean_pass_at_k
 from .problems import Problem, file_sha256, load_problems
-from .programs import build_program
 from .results import SampleStore, write_task_results
 
 CONSENT_ENV = "APR_ALLOW_CODE_EXECUTION"  # the same consent, for wrappers such as the Makefile
@@ -163,6 +162,7 @@ class CodeTask(EvaluateTechnique):
         from apr_core.torch_bridge import load_tokenizer, to_transformers
 
         from .generation import batch_seed, generate_batch
+        from .programs import build_program  # imports the sandbox: not at plugin discovery
 
         tokenizer = load_tokenizer(model)
         module = to_transformers(model, dtype=dtype, device=context.device)
