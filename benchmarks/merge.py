@@ -232,7 +232,7 @@ def main() -> None:
         rows.append(row)
     floors.append(measure(floor_cmd, env))
     (out / "floor.safetensors").unlink(missing_ok=True)
-    floor = min(floors, key=lambda r: r["seconds"])  # the faster of the floor runs before and after
+    floor = dict(min(floors, key=lambda r: r["seconds"]))  # the faster of the floor runs before and after
     floor.update(strategy="safetensors read + write (I/O floor)", bytes_moved=2 * size, runs=floors)
     floor_gbs = floor["bytes_moved"] / floor["seconds"] / 1e9
     print(f"\nsynthetic bf16 Llama, {config['num_hidden_layers']} layers, {size / 1e9:.2f} GB per model "
