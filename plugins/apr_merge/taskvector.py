@@ -109,13 +109,17 @@ class TaskVectorMerge(MergeTechnique):
         from apr_core.kernels.merge import dare_, ties_combine
 
         weights = list(params["weights"]) if params["weights"] is not None else [1.0] * len(chunks)
-        deltas = [(x - base).float() for x in chunks]  # the kernels work in float32
+        # the kernels work in float32; the task vectors are written straight into one stacked buffer
+        stacked = torch.empty((len(chunks), base.numel()), dtype=torch.float32, device=base.device)
+        for i, x in enumerate(chunks):
+            torch.sub(x, base, out=stacked[i])
+        deltas = list(stacked)
         if self.sparsify == "random":
             for i, d in enumerate(deltas):
                 dare_(d, params["drop_rate"], stream_seed(context.seed, plan.name, i), start)
         if self.consensus == "sign":
             thresholds = state if state is not None else [0.0] * len(deltas)
-            merged = ties_combine(torch.stack(deltas), thresholds, weights, params["normalize"])
+            merged = ties_combine(stacked, thresholds, weights, params["normalize"])
         else:
             merged = torch.zeros_like(deltas[0])
             for w, d in zip(weights, deltas):

@@ -20,27 +20,61 @@ ROUNDS = 10
 # these small integer ops across threads, and spinning workers make that 10-100x slower on a
 # busy machine; numpy runs them on one thread.
 _CHUNK = 1 << 13
+# Elements per block of the TIES reference: its temporaries fit in a core's cache.
+_BLOCK = 1 << 16
 
 
 def philox4x32(counter, seed: int):
-    """The four 32-bit Philox4x32-10 words for a numpy uint64 array of ``counter``s and a 64-bit ``seed``.
+    """The four 32-bit Philox4x32-10 words (numpy uint32 arrays) for a uint64 array of ``counter``s.
 
     Counter words are (counter lo, counter hi, 0, 0) and the key is (seed lo, seed hi), as
-    ``tl.randint4x(seed, counter)`` builds them. uint64 products of two 32-bit values are exact.
+    ``tl.randint4x(seed, counter)`` builds them. Each round's two 32x32-bit products are taken
+    exactly in uint64; their low and high halves are read as strided uint32 views of the
+    product (little-endian), so a round is two multiplies and four 32-bit xors, with no masking,
+    shifting or allocation beyond the four product buffers (used alternately: a round's
+    outputs are views of the previous round's products).
     """
     import numpy as np
 
-    m32, s32 = np.uint64(M32), np.uint64(32)
+    n = counter.size
     a, b = np.uint64(ROUND_A), np.uint64(ROUND_B)
-    c0, c1 = counter & m32, counter >> s32
-    c2 = np.zeros_like(c0)
-    c3 = np.zeros_like(c0)
+    c0 = (counter & np.uint64(M32)).astype(np.uint32)
+    c1 = (counter >> np.uint64(32)).astype(np.uint32)
+    c2 = c3 = None  # the counter's upper words are zero: round 1 skips them
+    products = [np.empty(n, dtype=np.uint64) for _ in range(4)]
     k0, k1 = seed & M32, (seed >> 32) & M32
-    for _ in range(ROUNDS):
-        p0, p2 = c0 * a, c2 * b
-        c0, c1, c2, c3 = (p2 >> s32) ^ c1 ^ np.uint64(k0), p2 & m32, (p0 >> s32) ^ c3 ^ np.uint64(k1), p0 & m32
+    for r in range(ROUNDS):
+        p0, p2 = products[2 * (r & 1)], products[2 * (r & 1) + 1]
+        np.multiply(c0, a, out=p0)
+        v0, v2 = p0.view(np.uint32), p2.view(np.uint32)
+        if c2 is None:
+            new0 = c1 ^ np.uint32(k0)  # hi(0 * b) = 0
+            new2 = v0[1::2] ^ np.uint32(k1)
+            p2.fill(0)
+        else:
+            np.multiply(c2, b, out=p2)
+            new0 = np.bitwise_xor(v2[1::2], c1)
+            new0 ^= np.uint32(k0)
+            new2 = np.bitwise_xor(v0[1::2], c3)
+            new2 ^= np.uint32(k1)
+        c0, c1, c2, c3 = new0, v2[0::2], new2, v0[0::2]
         k0, k1 = (k0 + KEY_A) & M32, (k1 + KEY_B) & M32
     return c0, c1, c2, c3
+
+
+def _lanes(seed: int, offset: int, n: int, fill):
+    """Calls ``fill(lane_words, first, stop)`` per block of counters covering elements offset..offset+n-1.
+
+    Returns (first counter, lead): element j of the range is element 4 * (counter - first) + lane - lead
+    of the interleaved result.
+    """
+    import numpy as np
+
+    first, last = offset >> 2, (offset + n - 1) >> 2
+    for start in range(first, last + 1, _CHUNK):
+        stop = min(start + _CHUNK, last + 1)
+        fill(philox4x32(np.arange(start, stop, dtype=np.uint64), seed), start - first, stop - first)
+    return first, offset & 3
 
 
 def random_words(seed: int, offset: int, n: int, device=None):
@@ -50,15 +84,38 @@ def random_words(seed: int, offset: int, n: int, device=None):
 
     if n == 0:
         return torch.empty(0, dtype=torch.int64, device=device)
-    first, last = offset >> 2, (offset + n - 1) >> 2
-    words = np.empty((last + 1 - first, 4), dtype=np.uint64)
-    for start in range(first, last + 1, _CHUNK):
-        stop = min(start + _CHUNK, last + 1)
-        counters = np.arange(start, stop, dtype=np.uint64)
-        for lane, w in enumerate(philox4x32(counters, seed)):
-            words[start - first:stop - first, lane] = w
-    lead = offset & 3
+    count = ((offset + n - 1) >> 2) + 1 - (offset >> 2)
+    words = np.empty((count, 4), dtype=np.uint64)
+
+    def fill(lanes, lo, hi):
+        for lane, w in enumerate(lanes):
+            words[lo:hi, lane] = w
+
+    _, lead = _lanes(seed, offset, n, fill)
     return torch.from_numpy(words.reshape(-1).view(np.int64)[lead:lead + n]).to(device)
+
+
+def keep_bits(seed: int, offset: int, n: int, threshold: int):
+    """int32 tensor: -1 (all bits set) where element ``offset + j`` survives (random word >=
+    ``threshold``), 0 where it is dropped. ANDed with a float32's bits it keeps or zeroes it."""
+    import numpy as np
+    import torch
+
+    if n == 0 or threshold <= 0:
+        return torch.full((n,), -1, dtype=torch.int32)
+    if threshold > M32:
+        return torch.zeros(n, dtype=torch.int32)
+    count = ((offset + n - 1) >> 2) + 1 - (offset >> 2)
+    keep = np.empty((count, 4), dtype=np.int32)
+    t = np.uint32(threshold)
+
+    def fill(lanes, lo, hi):
+        for lane, w in enumerate(lanes):
+            np.greater_equal(w, t, out=keep[lo:hi, lane], casting="unsafe")
+
+    _, lead = _lanes(seed, offset, n, fill)
+    np.negative(keep, out=keep)
+    return torch.from_numpy(keep.reshape(-1)[lead:lead + n])
 
 
 def drop_threshold(p: float) -> int:
@@ -74,13 +131,20 @@ def rescale(p: float) -> float:
 
 
 def dare_(delta, p: float, seed: int, offset: int = 0):
-    """DARE in place on a flat float tensor: drop with probability ``p``, scale survivors by 1/(1-p)."""
+    """DARE in place on a flat float tensor: drop with probability ``p``, scale survivors by 1/(1-p).
+
+    ``where(words >= threshold, delta * scale, +0)``. For float32 it is done on the bits:
+    delta * scale ANDed with `keep_bits` (all ones or +0's zero bits), exact for every value,
+    NaN and inf included, and several times faster than torch's CPU where.
+    """
     import torch
 
-    words = random_words(seed, offset, delta.numel(), delta.device)
-    keep = words >= drop_threshold(p)
-    scaled = delta * torch.tensor(rescale(p), dtype=delta.dtype)
-    delta.copy_(torch.where(keep, scaled, torch.zeros_like(delta)))
+    scaled = delta.mul_(torch.tensor(rescale(p), dtype=delta.dtype))
+    keep = keep_bits(seed, offset, delta.numel(), drop_threshold(p)).to(delta.device)
+    if delta.dtype == torch.float32:
+        scaled.view(torch.int32).bitwise_and_(keep)
+        return delta
+    delta.copy_(torch.where(keep != 0, scaled, torch.zeros_like(delta)))
     return delta
 
 
@@ -134,23 +198,81 @@ def ties_combine(deltas, thresholds, weights, normalize: bool):
     elect: s = sign(sum_i w_i d_i) (the sign with the larger total weighted magnitude);
     disjoint merge: sum of w_i d_i over the i whose d_i has sign s, divided by the sum
     of those w_i when ``normalize`` (0 where no input agrees).
+
+    Worked in cache-sized blocks. Each block first takes `_ties_block_arith`, which gives the
+    same bits with float arithmetic only (torch's CPU where/compare kernels are several times
+    slower than its arithmetic ones); a block it cannot vouch for (non-finite values, negative
+    weights, thresholds that are not float32) takes `_ties_block_where`, the definition as written.
     """
+    import numpy as np
     import torch
 
-    k = deltas.shape[0]
-    trimmed = [torch.where(deltas[i].abs() >= float(thresholds[i]), deltas[i], torch.zeros_like(deltas[i]))
-               for i in range(k)]
-    w = [torch.tensor(float(weights[i]), dtype=deltas.dtype) for i in range(k)]
-    total = torch.zeros_like(deltas[0])
-    for i in range(k):
-        total = total + w[i] * trimmed[i]
-    sign = torch.sign(total)
+    k, n = deltas.shape
+    w = [torch.tensor(float(weights[i]), dtype=deltas.dtype, device=deltas.device) for i in range(k)]
+    arith = deltas.dtype == torch.float32 and all(math.isfinite(float(x)) and float(x) >= 0 for x in w)
+    shrink = []  # hardshrink's lambda: zeroes -l <= d <= l, i.e. |d| < t for l = the float32 below t
+    for t in thresholds:
+        t = float(t)
+        arith = arith and t >= 0 and float(np.float32(t)) == t
+        shrink.append(None if not arith or t == 0 else float(np.nextafter(np.float32(t), np.float32(0))))
+    out = torch.empty(n, dtype=deltas.dtype, device=deltas.device)
+    for start in range(0, n, _BLOCK):
+        rows = deltas[:, start:start + _BLOCK]
+        block = _ties_block_arith(rows, shrink, w, normalize) if arith else None
+        out[start:start + _BLOCK] = block if block is not None else _ties_block_where(rows, thresholds, w, normalize)
+    return out
+
+
+def _ties_block_where(rows, thresholds, w, normalize: bool):
+    """One block of `ties_combine`, written as the definition (sums start at +0, inputs in order)."""
+    import torch
+
+    k = rows.shape[0]
+    trimmed = [torch.where(rows[i].abs() >= float(thresholds[i]), rows[i], 0.0) for i in range(k)]
+    weighted = [w[i] * trimmed[i] for i in range(k)]
+    total = torch.zeros_like(trimmed[0])
+    for x in weighted:
+        total.add_(x)
+    sign = total.sign_()
     num = torch.zeros_like(total)
     den = torch.zeros_like(total)
     for i in range(k):
-        agree = (trimmed[i] * sign) > 0
-        num = num + torch.where(agree, w[i] * trimmed[i], torch.zeros_like(num))
-        den = den + torch.where(agree, w[i], torch.zeros_like(den))
+        agree = torch.mul(trimmed[i], sign) > 0
+        num.add_(torch.where(agree, weighted[i], 0.0))
+        den.add_(torch.where(agree, w[i], 0.0))
     if not normalize:
         return num
-    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
+    none = ~(den > 0)
+    return num.div_(den.masked_fill_(none, 1.0)).masked_fill_(none, 0.0)
+
+
+def _ties_block_arith(rows, shrink, w, normalize: bool):
+    """`_ties_block_where`'s bits from arithmetic alone, or None where that is not guaranteed.
+
+    For finite task vectors and weights w_i >= 0 (checked: the weighted total must be finite):
+    hardshrink(d, l) is the trim; r_i = max(d_i * s, 0) is |d_i| where d_i agrees with s and
+    +-0 elsewhere, so w_i * (r_i * s) is w_i d_i or +-0 and w_i * sign(r_i) is w_i or +-0; a sum
+    from +0 of terms of one sign never becomes -0, so adding +-0 changes nothing, as the where
+    form's +0 does not. den >= 0, so den + (1 - sign(den)) is den, or 1 where den is 0 (and num
+    is +0 there, which num / 1 keeps).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    trimmed = [row if lam is None else F.hardshrink(row, lam) for row, lam in zip(rows, shrink)]
+    total = torch.zeros_like(trimmed[0])
+    for i, t in enumerate(trimmed):
+        total.add_(w[i] * t)
+    if not math.isfinite(float(total.sum())):
+        return None
+    sign = total.sign_()
+    num = torch.zeros_like(total)
+    den = torch.zeros_like(total) if normalize else None
+    for i, t in enumerate(trimmed):
+        r = torch.mul(t, sign).clamp_min_(0)
+        if normalize:
+            den.add_(torch.sign(r).mul_(w[i]))
+        num.add_(r.mul_(sign).mul_(w[i]))
+    if not normalize:
+        return num
+    return num.div_(torch.sign(den).neg_().add_(1).add_(den))
