@@ -408,13 +408,13 @@ def plugins_cmd(as_json):
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors with exit code 2 for anything the user can fix."""
-    from .runtime import allocator
+    from .runtime import malloc
     from .runtime.threads import prepare_environment
 
     args = sys.argv[1:] if argv is None else argv
     _ARGS[:] = args
     prepare_environment()
-    allocator.configure()
+    malloc.configure()
     previous = _catch_sigterm()
     try:
         code = cli.main(args=args, prog_name="apr", standalone_mode=False)

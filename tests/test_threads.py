@@ -120,14 +120,14 @@ def test_perplexity_of_a_bf16_model_computes_in_bf16_where_the_cpu_can(llama_apr
 
 
 def test_the_cli_fixes_glibcs_mmap_threshold_when_asked():
-    from apr_core.runtime import allocator
+    from apr_core.runtime import malloc
 
-    assert allocator.threshold({}) == 0
-    assert allocator.threshold({"MALLOC_MMAP_THRESHOLD_": "65536"}) == 0
-    assert allocator.threshold({"APR_MMAP_THRESHOLD": "0"}) == 0
-    assert allocator.threshold({"APR_MMAP_THRESHOLD": "262144"}) == 262144
-    probe = ("import sys\nfrom apr_core import cli\nfrom apr_core.runtime import allocator\n"
-             "try:\n    cli.main(['plugins'])\nexcept SystemExit:\n    pass\nprint(allocator._done)\n")
+    assert malloc.threshold({}) == 0
+    assert malloc.threshold({"MALLOC_MMAP_THRESHOLD_": "65536"}) == 0
+    assert malloc.threshold({"APR_MMAP_THRESHOLD": "0"}) == 0
+    assert malloc.threshold({"APR_MMAP_THRESHOLD": "262144"}) == 262144
+    probe = ("import sys\nfrom apr_core import cli\nfrom apr_core.runtime import malloc\n"
+             "try:\n    cli.main(['plugins'])\nexcept SystemExit:\n    pass\nprint(malloc._threshold)\n")
     env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "APR_MMAP_THRESHOLD")}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env).stdout
     assert out.splitlines()[-1] == "0"

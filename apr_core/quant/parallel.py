@@ -11,7 +11,6 @@ bytes are computed by exactly the same ops as serially, so the output is byte-id
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -21,17 +20,11 @@ R = TypeVar("R")
 
 
 def worker_count() -> int:
-    """Threads for tensor-parallel work: ``APR_THREADS`` if set, else the CPUs this process may use."""
-    env = os.environ.get("APR_THREADS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            pass
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
+    """Threads for tensor-parallel work: the count apr chose for this run (`runtime.threads`:
+    ``--threads``, ``APR_THREADS``, ``OMP_NUM_THREADS``, else one per usable core)."""
+    from ..runtime import threads
+
+    return threads.choose()[0]
 
 
 class ordered_map:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
+from .malloc import trim_heap
+
 
 def _recorder(keep_hidden: bool):
     """A module that stands in for a decoder layer during the capture pass: it records the
@@ -168,7 +170,7 @@ class Layerwise:
             hidden = step.outputs if step.outputs is not None else self.run(i, step.layer, hidden)
             self.release(step.layer)
             del step
-            trim_heap()
+            trim_heap()  # each layer frees tens of MB; keep RSS from creeping up
         self.final = hidden
 
     # ------------------------------------------------------------------ layers
@@ -227,29 +229,6 @@ class Layerwise:
         for name, mod in layer.named_modules():
             if isinstance(mod, torch.nn.Linear):
                 yield name, mod
-
-
-def trim_heap() -> None:
-    """Return the C heap's free pages to the system (glibc ``malloc_trim``).
-
-    Each layer allocates and frees tens of megabytes of weights, statistics and activations;
-    glibc keeps freed blocks below its (self-raising) mmap threshold in the heap, so without a
-    trim the resident size creeps up layer after layer although nothing is alive.
-    """
-    global _TRIM
-    if _TRIM is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):  # not glibc
-            _TRIM = False
-    if _TRIM:
-        _TRIM(0)
-
-
-_TRIM = None
 
 
 def with_input_hooks(linears, fn: Callable[[str, Any], None]):

@@ -1,40 +1,102 @@
-"""Keep freed memory for reuse: glibc's thresholds made each codec temporary fault in fresh pages.
+"""glibc malloc settings apr uses: keep freed memory for reuse, give it back, or cap mappings.
 
-torch's CPU tensors come from glibc ``malloc``. A block above glibc's mmap threshold is a
-fresh mapping whose pages fault in (and are zeroed) on first touch, and freed memory at the top
-of the heap beyond the trim threshold goes back to the kernel. The quantization codecs work in
-chunks of about 2^20 elements, allocating and freeing a few MB-sized temporaries thousands of
-times per model, and most of their time went to those page faults (Q8_0's rounding: 6 ms per
-chunk before, 0.6 ms after, on the 2-core development machine). `retain_freed_memory` raises
-both thresholds (``mallopt``) so the heap keeps and reuses that memory: peak RSS is the same
-high-water mark, the process just does not hand pages back between chunks. No-op without glibc.
+torch's CPU tensors come from glibc ``malloc``. A block above glibc's mmap threshold is a fresh
+mapping whose pages fault in (and are zeroed) on first touch and go back to the kernel when it is
+freed; a block below it comes from the heap, whose freed memory stays in the process. The
+threshold starts at 128 KiB and rises to the size of each large block freed (up to 32 MiB).
+Three places pull on that, each measured:
+
+- `retain_freed_memory` (the quantization codecs): they allocate and free MB-sized temporaries
+  thousands of times per model, and most of their time went to fresh page faults (Q8_0's
+  rounding: 6 ms per chunk before, 0.6 ms after, on the 2-core development machine); raising the
+  mmap and trim thresholds lets the heap keep and reuse that memory (same high-water mark).
+- `trim_heap` (the layer sweep of pruning and calibration): each layer frees tens of megabytes;
+  without a ``malloc_trim`` the resident size crept up layer after layer though nothing was alive.
+- `configure` (``APR_MMAP_THRESHOLD=BYTES``, opt-in, set by the ``apr`` command at start): fixes
+  the threshold low so freed activations leave the process. A SmolLM2 LoRA step then peaked at
+  2.76 GB instead of 3.23 GB (the memory plan counts 2.86 GB alive), but the mapping and faults of
+  every large allocation cost 9% of that run's tokens/s and 20-30% of perplexity's
+  (docs/finetune.md, docs/performance.md), so it is for memory-bound CPU runs to ask for. A
+  threshold the user set (here or as glibc's ``MALLOC_MMAP_THRESHOLD_``) is never overridden.
+
+Every function is a no-op without glibc.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import threading
 
+ENV = "APR_MMAP_THRESHOLD"
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 RETAIN_BYTES = 1 << 30  # blocks below this come from (and return to) the heap, not fresh mappings
 
-_done = False
 _lock = threading.Lock()
+_libc: ctypes.CDLL | bool | None = None
+_retained = False
+_threshold: int | None = None
+
+
+def _glibc():
+    """glibc, or False for another C library."""
+    global _libc
+    if _libc is None:
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            lib.mallopt.argtypes, lib.mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+            lib.malloc_trim.argtypes, lib.malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
+            _libc = lib
+        except (OSError, AttributeError):
+            _libc = False
+    return _libc
+
+
+def user_threshold(environ=os.environ) -> bool:
+    return "MALLOC_MMAP_THRESHOLD_" in environ or bool(threshold(environ))
+
+
+def threshold(environ=os.environ) -> int:
+    """The mmap threshold asked for with ``APR_MMAP_THRESHOLD`` in bytes, 0 for none."""
+    if "MALLOC_MMAP_THRESHOLD_" in environ:
+        return 0
+    raw = environ.get(ENV, "").strip()
+    try:
+        return max(0, int(raw)) if raw else 0
+    except ValueError:
+        return 0
+
+
+def configure(environ=os.environ) -> int:
+    """Apply ``APR_MMAP_THRESHOLD`` to this process (once); the threshold set, 0 if none."""
+    global _threshold
+    with _lock:
+        if _threshold is None:
+            _threshold = 0
+            value, libc = threshold(environ), _glibc()
+            if value and libc and libc.mallopt(M_MMAP_THRESHOLD, value) == 1:
+                _threshold = value
+        return _threshold
 
 
 def retain_freed_memory() -> bool:
-    """Raise glibc's mmap and trim thresholds once per process; True if glibc accepted them."""
-    global _done
+    """Raise glibc's mmap and trim thresholds once per process (unless the user chose a
+    threshold); True if glibc accepted them."""
+    global _retained
     with _lock:
-        if _done:
+        if _retained:
             return True
-        _done = True
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            mallopt = libc.mallopt
-        except (OSError, AttributeError):
+        _retained = True
+        libc = _glibc()
+        if not libc or user_threshold():
             return False
-        mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-        return bool(mallopt(M_MMAP_THRESHOLD, RETAIN_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, RETAIN_BYTES))
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, RETAIN_BYTES)) and bool(libc.mallopt(M_TRIM_THRESHOLD, RETAIN_BYTES))
+
+
+def trim_heap() -> None:
+    """Return the C heap's free pages to the system (glibc ``malloc_trim``)."""
+    libc = _glibc()
+    if libc:
+        libc.malloc_trim(0)
