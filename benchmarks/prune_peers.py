@@ -35,11 +35,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, peer_python  # noqa: E402
+
 PEER_SCRIPT = ROOT / "benchmarks" / "peers" / "prune_llmcompressor.py"
-PEER_VENV = ROOT / "runs" / "peers" / "llmcompressor"
 PEER_PACKAGES = ["llmcompressor==0.14.0.1"]
-TORCH = "torch==2.13.0"
 
 
 def measured(cmd: list[str], log: Path) -> dict:
@@ -69,20 +69,7 @@ def apr(*args: str) -> dict:
 
 def ensure_peer() -> Path:
     """The peer's python, installing its venv on first use (see the module docstring)."""
-    python = PEER_VENV / "bin" / "python"
-    if python.exists() and subprocess.run([str(python), "-c", "import llmcompressor"],
-                                          capture_output=True).returncode == 0:
-        return python
-    print(f"installing llm-compressor into {PEER_VENV} (once) ...", file=sys.stderr, flush=True)
-    shutil.rmtree(PEER_VENV, ignore_errors=True)
-    PEER_VENV.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
-    constraints = PEER_VENV / "constraints.txt"
-    constraints.write_text(TORCH + "\n")
-    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, TORCH], check=True)
-    subprocess.run([*pip, "-c", str(constraints), *PEER_PACKAGES], check=True)
-    return python
+    return Path(peer_python("llmcompressor", PEER_PACKAGES))
 
 
 def prepare(out: Path, model: str | None, samples: int, seq_len: int) -> tuple[Path, Path, Path]:
@@ -121,7 +108,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     base, base_hf, windows = prepare(out, args.model, args.samples, args.seq_len)
-    peer_python = ensure_peer()
+    peer = ensure_peer()
     rows = []
     for variant in args.variants.split(","):
         method, _, pattern = variant.partition("-")
@@ -137,7 +124,7 @@ def main() -> None:
                  "--calibration-seq-len", str(args.seq_len), "-o", str(apr_out), "--force", "--json"],
                 out / f"apr-{tag}.log"))
             runs["llm-compressor"].append(measured(
-                [str(peer_python), str(PEER_SCRIPT), "--model", str(base_hf), "--windows", str(windows),
+                [str(peer), str(PEER_SCRIPT), "--model", str(base_hf), "--windows", str(windows),
                  "--method", method, "--pattern", pattern, "--ratio", "0.5", "--out", str(peer_out)],
                 out / f"llmc-{tag}.log"))
             print(f"done: {variant} repeat {rep + 1}", file=sys.stderr, flush=True)

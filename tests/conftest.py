@@ -49,6 +49,18 @@ def run_apr(*args: str, cwd=None, env=None, check: bool = False) -> subprocess.C
 
 
 @pytest.fixture(scope="session")
+def calib(tmp_path_factory) -> str:
+    """A small calibration jsonl of Python functions (the pruning tests' calibration data)."""
+    import json
+
+    path = tmp_path_factory.mktemp("calib") / "calibration-code.jsonl"
+    rows = [{"text": f"def f{i}(x, y):\n    total = x * {i} + y\n    for k in range({i}):\n"
+                     f"        total += k * y\n    return total\n"} for i in range(12)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def smollm2_apr(tmp_path_factory) -> str:
     """SmolLM2-135M-Instruct imported once per session (slow tests only)."""
     from apr_core.formats.sources import EMBEDDED, _package_dir

@@ -15,15 +15,6 @@ from helpers import one_error_line, run_apr
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-@pytest.fixture(scope="module")
-def calib(tmp_path_factory):
-    path = tmp_path_factory.mktemp("calib") / "calibration-code.jsonl"
-    rows = [{"text": f"def f{i}(x, y):\n    total = x * {i} + y\n    for k in range({i}):\n"
-                     f"        total += k * y\n    return total\n"} for i in range(12)]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return str(path)
-
-
 def _prune(model, method, calib=None, **raw):
     if calib is not None:
         raw.setdefault("calibration", calib)

@@ -28,15 +28,6 @@ PINNED = {
 RAW = {"wanda": {"target_ratio": 0.5}, "sparsegpt": {"pattern": "2:4"}}
 
 
-@pytest.fixture(scope="module")
-def calib(tmp_path_factory):
-    path = tmp_path_factory.mktemp("calib") / "calibration-code.jsonl"
-    rows = [{"text": f"def f{i}(x, y):\n    total = x * {i} + y\n    for k in range({i}):\n"
-                     f"        total += k * y\n    return total\n"} for i in range(12)]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return str(path)
-
-
 def _hashes(model):
     values, masks = hashlib.sha256(), hashlib.sha256()
     for n in model.names():
