@@ -75,8 +75,12 @@ def token_windows(path: str, samples: int, seq_len: int, model):
     if not file.is_file():
         return None
     rows = []
-    with file.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    with file.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise AprError(f"{path}:{number}: not UTF-8") from None
             if not line.strip():
                 continue
             try:
