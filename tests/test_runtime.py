@@ -155,6 +155,40 @@ def test_chunked_loss_equals_the_full_cross_entropy():
     assert hidden.grad is not None and hidden.grad.abs().sum() > 0
 
 
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_chunk_gradients_computed_in_the_forward_pass_are_exact(tied):
+    """The LM head's parameters named to `next_token_loss` take the in-forward gradient path;
+    hidden-state and head (and, tied, embedding) gradients must equal an unchunked loss's,
+    scaled by whatever multiplies the loss afterwards."""
+    from apr_core.runtime.loss import next_token_loss
+
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 50, (3, 29), generator=g)
+    mask = torch.rand(3, 29, generator=g) > 0.4
+
+    def grads(chunk):
+        torch.manual_seed(0)
+        emb, head = torch.nn.Embedding(50, 8), torch.nn.Linear(8, 50, bias=False)
+        if tied:
+            head.weight = emb.weight
+        hidden = torch.tanh(emb(ids))
+        if chunk is None:
+            target = torch.where(mask[:, 1:], ids[:, 1:], -100)
+            loss = torch.nn.functional.cross_entropy(head(hidden[:, :-1]).reshape(-1, 50), target.reshape(-1),
+                                                     reduction="sum")
+        else:
+            loss, count = next_token_loss(hidden, head, ids, mask, chunk=chunk)
+            assert count == int(mask[:, 1:].sum())
+        (loss * 0.25).backward()
+        return loss.detach(), emb.weight.grad, head.weight.grad
+
+    want = grads(None)
+    for chunk in (4, 30, 1000):
+        got = grads(chunk)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
 # --------------------------------------------------------------------------- the layer sweep
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])

@@ -3,14 +3,23 @@
 A 150k-token vocabulary makes the fp32 logits of one 2048-token window 1.2 GB; computing the
 LM head and the cross-entropy a chunk of positions at a time (about ``CHUNK`` tokens of the batch
 per chunk) bounds that to ``CHUNK`` x vocab.
-When gradients are being recorded each chunk is checkpointed (its logits are recomputed in
-the backward pass instead of kept), so training holds one chunk's logits at a time too.
+When gradients are being recorded, training holds one chunk's logits at a time too, in one
+of two ways. If the caller names the trainable parameters the chunk loss uses (``params``; the
+LM head's, usually none under LoRA), each chunk's backward runs right away inside the forward
+pass (`_grad_in_forward`): the chunk's gradient with respect to the hidden states and those
+parameters is kept and scaled by the incoming gradient in the backward pass, which is exact
+because the result is a plain sum. The LM head then runs twice per chunk (forward, and the
+gradient of the hidden states) as in an unchunked loss. Without ``params`` each chunk is
+checkpointed instead (its logits are recomputed in the backward pass, a third head
+multiplication: about 10% of a LoRA step on SmolLM2's 49k vocabulary).
 Perplexity, pruning analysis, classification, training and distillation all call
 `next_token_loss` (or `chunked_loss` with their own per-chunk loss), so softcapping (Gemma),
 masking and reduction are written once.
 """
 
 from __future__ import annotations
+
+import functools
 
 CHUNK = 512  # tokens (batch rows x positions) per LM-head call
 
@@ -25,35 +34,85 @@ def logits_of(head, hidden, softcap: float | None):
     return logits
 
 
-def chunked_loss(hidden, ids, mask, per_chunk, chunk: int = CHUNK, extra=()):
-    """Sum ``per_chunk(hidden[:, s:e], targets, keep, *extra_chunks)`` over chunks of positions
-    (about ``chunk`` tokens of the batch each), where ``targets = ids[:, s+1:e+1]`` and ``keep``
-    marks the counted targets; returns (sum, count). With gradients on, each chunk is recomputed
-    in the backward pass (checkpointed). ``extra`` are tensors (batch x seq x ...) cut into the
-    same position chunks."""
+def _chunks(ids, mask, chunk: int, extra):
+    """(start, end, targets, keep, extra pieces) of each position chunk that has a counted target."""
     import torch
-    from torch.utils.checkpoint import checkpoint
 
-    total = hidden.new_zeros((), dtype=torch.float32)
-    count = 0
     positions = ids.shape[1] - 1
     chunk = max(1, chunk // max(1, ids.shape[0]))
-    recompute = torch.is_grad_enabled() and hidden.requires_grad
     for s in range(0, positions, chunk):
         e = min(s + chunk, positions)
         target = ids[:, s + 1: e + 1]
         keep = mask[:, s + 1: e + 1] if mask is not None else torch.ones_like(target, dtype=torch.bool)
-        n = int(keep.sum())
-        if n == 0:
-            continue
-        pieces = [x[:, s:e] for x in extra]
-        if recompute:
-            part = checkpoint(per_chunk, hidden[:, s:e], target, keep, *pieces, use_reentrant=False)
-        else:
-            part = per_chunk(hidden[:, s:e], target, keep, *pieces)
-        total = total + part
-        count += n
+        if bool(keep.any()):
+            yield s, e, target, keep, [x[:, s:e] for x in extra]
+
+
+def chunked_loss(hidden, ids, mask, per_chunk, chunk: int = CHUNK, extra=(), params=None):
+    """Sum ``per_chunk(hidden[:, s:e], targets, keep, *extra_chunks)`` over chunks of positions
+    (about ``chunk`` tokens of the batch each), where ``targets = ids[:, s+1:e+1]`` and ``keep``
+    marks the counted targets; returns (sum, count). ``extra`` are tensors (batch x seq x ...)
+    cut into the same position chunks; they get no gradient.
+
+    With gradients on: if ``params`` is given it must list every tensor requiring gradients
+    that ``per_chunk`` reaches besides ``hidden`` (the module docstring says why), and each
+    chunk's backward runs during the forward pass; without it each chunk is checkpointed."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    pieces = list(_chunks(ids, mask, chunk, extra))
+    count = sum(int(keep.sum()) for _s, _e, _t, keep, _x in pieces)
+    if not (torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in params or ()))):
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for s, e, target, keep, rest in pieces:
+            total = total + per_chunk(hidden[:, s:e], target, keep, *rest)
+        return total, count
+    if params is not None:
+        trainable = [p for p in params if p.requires_grad]
+        return _grad_in_forward().apply(hidden, per_chunk, pieces, len(trainable), *trainable), count
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for s, e, target, keep, rest in pieces:
+        total = total + checkpoint(per_chunk, hidden[:, s:e], target, keep, *rest, use_reentrant=False)
     return total, count
+
+
+@functools.cache
+def _grad_in_forward():
+    """The autograd function (built on first use: this module imports torch lazily)."""
+    import torch
+
+    class GradInForward(torch.autograd.Function):
+        """The summed chunk losses, with their gradients computed chunk by chunk in the forward
+        pass and multiplied by the (scalar) incoming gradient in the backward pass."""
+
+        @staticmethod
+        def forward(ctx, hidden, per_chunk, pieces, n_params, *params):
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_hidden = torch.zeros_like(hidden) if hidden.requires_grad else None
+            grads: list = [None] * n_params
+            with torch.enable_grad():
+                for s, e, target, keep, rest in pieces:
+                    h = hidden[:, s:e].detach().requires_grad_(hidden.requires_grad)
+                    part = per_chunk(h, target, keep, *rest)
+                    wrt = ([h] if hidden.requires_grad else []) + list(params)
+                    got = list(torch.autograd.grad(part, wrt, allow_unused=True))
+                    if hidden.requires_grad:
+                        grad_hidden[:, s:e] = got.pop(0)
+                    for i, g in enumerate(got):
+                        if g is not None:
+                            grads[i] = g if grads[i] is None else grads[i].add_(g)
+                    total += part.detach().float()
+            ctx.grads = [grad_hidden, *grads]
+            return total
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            grads, ctx.grads = ctx.grads, None
+            scaled = [None if g is None else g.mul_(grad_out.to(g.dtype)) for g in grads]
+            return (scaled[0], None, None, None, *scaled[1:])
+
+    return GradInForward
+
 
 
 def next_token_loss(hidden, head, ids, mask=None, softcap: float | None = None, chunk: int = CHUNK):
@@ -76,7 +135,8 @@ def next_token_loss(hidden, head, ids, mask=None, softcap: float | None = None, 
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum",
                                ignore_index=-100)
 
-    return chunked_loss(hidden, ids, mask, per_chunk, chunk)
+    params = list(head.parameters()) if hasattr(head, "parameters") else None
+    return chunked_loss(hidden, ids, mask, per_chunk, chunk, params=params)
 
 
 def softcap_of(module) -> float | None:

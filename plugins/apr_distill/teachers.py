@@ -107,4 +107,4 @@ class DistillLoss(nn.Module):
             return kd_chunk(logits_of(head, h[keep], cap), target[keep], t_logp, self.temperature, self.alpha,
                             self.kind, self.shared, t_ids)
 
-        return chunked_loss(hidden, ids, target_mask, per_chunk, extra=extras)
+        return chunked_loss(hidden, ids, target_mask, per_chunk, extra=extras, params=list(head.parameters()))
