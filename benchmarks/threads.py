@@ -25,11 +25,13 @@ from harness import ROOT, measure  # noqa: E402
 
 PROBE = r"""
 import json, statistics, sys, time
+from apr_core.runtime import threads
+path, n, dtype = sys.argv[1], sys.argv[2], sys.argv[3]
+if n == "apr":
+    threads.prepare_environment()  # as apr's command line does before torch loads
 import torch
 from apr_core import pipeline
-from apr_core.runtime import threads
 from apr_core.torch_bridge import to_transformers
-path, n, dtype = sys.argv[1], sys.argv[2], sys.argv[3]
 if n == "apr":
     threads.configure()
 else:
@@ -57,25 +59,40 @@ def spin(stop) -> None:
         pass
 
 
+def policy_env(policy: str) -> dict[str, str]:
+    """The environment of one wait policy (``apr``: whatever apr chooses itself)."""
+    if policy in ("default", "apr"):
+        return {}
+    if policy.startswith("spin:"):
+        return {"GOMP_SPINCOUNT": policy.split(":", 1)[1]}
+    return {"OMP_WAIT_POLICY": policy}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(ROOT / "runs" / "smollm2.apr"))
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-threads.json"))
     ap.add_argument("--busy", type=int, default=0, help="busy-looping processes to run alongside")
+    ap.add_argument("--policies", default="ACTIVE,PASSIVE,default",
+                    help="OpenMP wait policies: ACTIVE, PASSIVE, default (unset: libgomp spins a while, "
+                         "then sleeps) or spin:N (unset policy, GOMP_SPINCOUNT=N)")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--threads", default="", help="thread counts to try (default 1..CPUs)")
     args = ap.parse_args()
     stop = multiprocessing.Event()
     hogs = [multiprocessing.Process(target=spin, args=(stop,), daemon=True) for _ in range(args.busy)]
     for h in hogs:
         h.start()
     base = {k: v for k, v in os.environ.items()
-            if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "APR_THREADS", "APR_THREADS_SOURCE")}
-    configs = [(str(n), policy, dtype) for dtype in ("float32", "bfloat16") for policy in ("ACTIVE", "PASSIVE")
-               for n in range(1, (os.cpu_count() or 1) + 1)]
-    configs += [("apr", "PASSIVE", dtype) for dtype in ("float32", "bfloat16")]
+            if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "APR_THREADS", "APR_THREADS_SOURCE")}
+    counts = [int(n) for n in args.threads.split(",") if n] or list(range(1, (os.cpu_count() or 1) + 1))
+    dtypes = args.dtypes.split(",")
+    configs = [(str(n), policy, dtype) for dtype in dtypes for policy in args.policies.split(",") for n in counts]
+    configs += [("apr", "apr", dtype) for dtype in dtypes]
     rows = []
     try:
         for n, policy, dtype in configs:
-            got = measure([sys.executable, "-c", PROBE, args.model, n, dtype], env=base | {"OMP_WAIT_POLICY": policy})
+            got = measure([sys.executable, "-c", PROBE, args.model, n, dtype], env=base | policy_env(policy))
             row = json.loads(got["stdout"].strip().splitlines()[-1])
             row.update(requested=n, wait_policy=policy, dtype=dtype)
             rows.append(row)

@@ -34,13 +34,35 @@ def test_sources_in_order_of_precedence(monkeypatch):
             threads.choose(bad, {})
 
 
-def test_wait_policy_is_passive_unless_the_user_chose():
+def test_wait_policy_is_passive_when_other_processes_are_busy_unless_the_user_chose():
     env = {}
-    threads.prepare_environment(env)
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert threads.prepare_environment(env, busy=1.2) == "passive"
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE", threads.POLICY_ENV: "passive"}
+    env = {}
+    assert threads.prepare_environment(env, busy=0.1) == "default"
+    assert env == {threads.POLICY_ENV: "default"}  # libgomp's own: spin a while, then sleep
+    env = {}
+    assert threads.prepare_environment(env, busy=None) in ("passive", "default")  # measured here
     env = {"OMP_WAIT_POLICY": "ACTIVE"}
-    threads.prepare_environment(env)
-    assert env["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert threads.prepare_environment(env, busy=1.2) == "user" and env == {"OMP_WAIT_POLICY": "ACTIVE"}
+    # a child of apr takes its parent's choice instead of sampling its siblings' start-up
+    for parent in ({threads.POLICY_ENV: "default"}, {threads.POLICY_ENV: "passive", "OMP_WAIT_POLICY": "PASSIVE"}):
+        env = dict(parent)
+        threads.prepare_environment(env, busy=0.0 if "OMP_WAIT_POLICY" in parent else 3.0)
+        assert env == parent
+
+
+def test_the_load_sample_sees_a_busy_process():
+    assert 0.0 <= threads.others_busy_cores(0.05) <= len(os.sched_getaffinity(0)) + 1e-9
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        assert threads.others_busy_cores(0.3) >= 0.5
+    finally:
+        hog.kill()
+        hog.wait()
 
 
 def test_resume_takes_the_checkpoints_count_only_when_apr_chose(monkeypatch):
@@ -70,15 +92,18 @@ print(code, torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS"), os.envir
 
 
 def _probe(*args, **env_over):
-    env = {k: v for k, v in os.environ.items() if k not in ("APR_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("APR_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "APR_WAIT_POLICY")}
     env.update(env_over)
     proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env)
     return proc.stdout.splitlines()[-1].split(), proc.stderr
 
 
 def test_the_cli_applies_the_count_and_the_wait_policy():
-    out, _ = _probe("--threads", "1", "plugins")
+    out, _ = _probe("--threads", "1", "plugins", APR_WAIT_POLICY="passive")
     assert out == ["0", "1", "1", "PASSIVE"]
+    out, _ = _probe("plugins", APR_WAIT_POLICY="default")
+    assert out[3] == "None"
     out, _ = _probe("plugins", APR_THREADS="2")
     assert out[:3] == ["0", "2", "2"]
     out, err = _probe("--threads", "none", "plugins")
