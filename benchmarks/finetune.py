@@ -50,6 +50,21 @@ def apr(*args: str) -> dict:
     return json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {}
 
 
+def steady_rate(steps: list[tuple[float, int]]) -> float | None:
+    """Tokens/s after the first optimizer step, from (seconds since training began, tokens of
+    the step) per step: the rate a long run settles at, without either side's first-step costs
+    (lazy initialisation, first allocations), which dominate a short run on a tiny model."""
+    if len(steps) < 2 or steps[-1][0] <= steps[0][0]:
+        return None
+    return round(sum(n for _t, n in steps[1:]) / (steps[-1][0] - steps[0][0]), 2)
+
+
+def apr_steps(run_output: Path) -> list[tuple[float, int]]:
+    """(seconds, tokens) per optimizer step from apr's train_log.json."""
+    log = json.loads((run_output / "train_log.json").read_text())
+    return [(r["seconds"], r["tokens"]) for r in log if "loss" in r]
+
+
 def prepare(out: Path, models: list[str], n_train: int, n_held: int) -> dict:
     """The models as .apr and HF directories, the train / held-out jsonl, and their token ids."""
     out.mkdir(parents=True, exist_ok=True)
@@ -169,6 +184,10 @@ def main() -> None:
                  "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--grad-accum",
                  str(args.grad_accum), "--learning-rate", str(LR[method])])
             peer = json.loads(peer_text.strip().splitlines()[-1])
+            log_dir = ours_out if method != "full" else Path(str(ours_out) + ".run")
+            ours_steady = steady_rate(apr_steps(log_dir))
+            peer_cum = [(s["seconds"], s["tokens"]) for s in peer["steps"]]
+            peer_steady = steady_rate([(t, n - (peer_cum[i - 1][1] if i else 0)) for i, (t, n) in enumerate(peer_cum)])
             if method == "full":
                 ours_loss = heldout_loss(ours_out, setup["heldout"], args.max_seq_len)
                 peer_loss = heldout_loss(model_path, setup["heldout"], args.max_seq_len, weights=peer_out)
@@ -178,6 +197,8 @@ def main() -> None:
             row = {"model": name, "method": method, "steps": args.steps,
                    "apr_tokens_per_second": ours["tokens_per_second"], "peer_tokens_per_second": peer["tokens_per_second"],
                    "speed_ratio": round(ours["tokens_per_second"] / peer["tokens_per_second"], 3),
+                   "apr_steady_tokens_per_second": ours_steady, "peer_steady_tokens_per_second": peer_steady,
+                   "steady_speed_ratio": round(ours_steady / peer_steady, 3) if ours_steady and peer_steady else None,
                    "apr_peak_rss": ours_rss, "peer_peak_rss": peer_rss, "memory_ratio": round(ours_rss / peer_rss, 3),
                    "predicted_peak": plan["peak_memory_bytes"],
                    "predicted_over_measured": round(plan["peak_memory_bytes"] / ours_rss, 3),
@@ -186,12 +207,12 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     (out / "finetune.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print("\n| model | method | apr tok/s | peer tok/s | speed apr/peer | apr peak MB | peer peak MB | memory apr/peer "
+    print("\n| model | method | apr tok/s | peer tok/s | speed apr/peer | after step 1 apr/peer | apr peak MB | peer peak MB | memory apr/peer "
           "| predicted MB | predicted/measured | held-out loss base | apr | peer |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['method']} | {r['apr_tokens_per_second']:.0f} | {r['peer_tokens_per_second']:.0f} "
-              f"| {r['speed_ratio']:.2f} | {r['apr_peak_rss'] / 1e6:.0f} | {r['peer_peak_rss'] / 1e6:.0f} "
+              f"| {r['speed_ratio']:.2f} | {r['steady_speed_ratio']} | {r['apr_peak_rss'] / 1e6:.0f} | {r['peer_peak_rss'] / 1e6:.0f} "
               f"| {r['memory_ratio']:.2f} | {r['predicted_peak'] / 1e6:.0f} | {r['predicted_over_measured']:.3f} "
               f"| {r['heldout_loss_base']:.4f} | {r['heldout_loss_apr']:.4f} | {r['heldout_loss_peer']:.4f} |")
 

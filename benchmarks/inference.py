@@ -45,7 +45,8 @@ def apr_cmd(*args: str) -> list[str]:
 
 def clean_env() -> dict:
     """The environment without thread settings, so each side picks its own."""
-    drop = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "APR_THREADS", "APR_THREADS_SOURCE", "MKL_NUM_THREADS")
+    drop = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "APR_THREADS", "APR_THREADS_SOURCE", "APR_WAIT_POLICY",
+            "MKL_NUM_THREADS")
     return {k: v for k, v in os.environ.items() if k not in drop} | {"APR_QUIET": "1"}
 
 

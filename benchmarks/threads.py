@@ -84,7 +84,8 @@ def main() -> None:
     for h in hogs:
         h.start()
     base = {k: v for k, v in os.environ.items()
-            if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "APR_THREADS", "APR_THREADS_SOURCE")}
+            if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "APR_THREADS", "APR_THREADS_SOURCE",
+                         "APR_WAIT_POLICY")}
     counts = [int(n) for n in args.threads.split(",") if n] or list(range(1, (os.cpu_count() or 1) + 1))
     dtypes = args.dtypes.split(",")
     configs = [(str(n), policy, dtype) for dtype in dtypes for policy in args.policies.split(",") for n in counts]

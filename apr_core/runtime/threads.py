@@ -152,6 +152,13 @@ def configure(spec: str | int | None = None) -> tuple[int, str]:
     return n, source
 
 
+def describe(environ=os.environ) -> dict:
+    """The thread count and wait policy this process computes with (for run reports)."""
+    torch = sys.modules.get("torch")
+    return {"threads": torch.get_num_threads() if torch is not None else None,
+            "omp_wait_policy": environ.get("OMP_WAIT_POLICY") or "default"}
+
+
 def resume_with(saved: int | None, log=None, environ=os.environ) -> None:
     """A resumed training run computes with the thread count it was checkpointed with when apr
     chose the count (reductions split across another number of threads round differently, and a

@@ -175,7 +175,7 @@ class Trainer:
         import torch
         from accelerate import Accelerator
 
-        from . import checkpoint, threads
+        from . import checkpoint, malloc, threads
 
         device = self.context.device
         if device.startswith("cuda"):
@@ -239,11 +239,13 @@ class Trainer:
                     raise Interrupted(f"interrupted at step {step} of {total}; checkpoint saved in "
                                       f"{checkpoint.directory(self.workdir)}; rerun the same command with "
                                       f"--resume", stop.signum)
+                if dev.type == "cpu":
+                    malloc.trim_heap()  # the last step's freed activations (runtime/malloc.py)
                 batch = self.global_batch(step, per_epoch, world)
                 n_targets = sum(e.targets for e in batch)
                 micro = [batch[i:i + self.s.batch_size] for i in range(0, len(batch), self.s.batch_size)]
                 mine = micro[rank::world]
-                step_loss = 0.0
+                step_loss, step_tokens = 0.0, 0
                 model.train()
                 for j, examples in enumerate(mine):
                     torch.manual_seed(_seed_of(self.s.seed, "step", step, rank, j))
@@ -254,15 +256,18 @@ class Trainer:
                         loss = total_loss * (world / max(n_targets, 1))
                     acc.backward(loss)
                     step_loss += float(total_loss.detach())
-                    seen_tokens += int(attn.sum())
+                    step_tokens += int(attn.sum())
                 if self.s.max_grad_norm:
                     acc.clip_grad_norm_(trainable, self.s.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 train_loss = _mean_over_processes(acc, step_loss, n_targets, world)
+                seen_tokens += step_tokens
                 row: dict[str, Any] = {"step": step + 1, "loss": round(train_loss, 6),
-                                       "lr": scheduler.get_last_lr()[0], "targets": n_targets}
+                                       "lr": scheduler.get_last_lr()[0], "targets": n_targets,
+                                       "tokens": step_tokens * world,
+                                       "seconds": round(time.perf_counter() - began, 3)}
                 due = bool(self.s.eval_steps) and (step + 1) % self.s.eval_steps == 0
                 epoch_end = self.context.on_eval is not None and (step + 1) % per_epoch == 0 and step + 1 < total
                 if (due or epoch_end) and self.held_out:

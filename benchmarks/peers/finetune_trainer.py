@@ -62,7 +62,7 @@ def main() -> None:
         dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
         train_sampling_strategy="sequential")
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-    seen, clock = 0, {}
+    seen, clock, steps = 0, {}, []
 
     class Counting(Trainer):
         """Counts the tokens of the batches actually trained on. (Counting in the collator would
@@ -75,10 +75,14 @@ def main() -> None:
             return super().training_step(model, inputs, *args, **kwargs)
 
     class Clock(TrainerCallback):
-        """Times the training loop only, as apr's report does (not the Trainer's set-up)."""
+        """Times the training loop only, as apr's report does (not the Trainer's set-up), and
+        each optimizer step's end with the tokens trained on so far."""
 
         def on_train_begin(self, *args, **kwargs):
             clock["start"] = time.perf_counter()
+
+        def on_step_end(self, *args, **kwargs):
+            steps.append((time.perf_counter() - clock["start"], seen))
 
         def on_train_end(self, *args, **kwargs):
             clock["end"] = time.perf_counter()
@@ -88,7 +92,8 @@ def main() -> None:
     seconds = clock["end"] - clock["start"]
     model.save_pretrained(args.out)
     print(json.dumps({"seconds": round(seconds, 3), "train_loss": result.training_loss,
-                      "tokens": seen, "tokens_per_second": round(seen / seconds, 2)}))
+                      "tokens": seen, "tokens_per_second": round(seen / seconds, 2),
+                      "steps": [{"seconds": round(t, 3), "tokens": n} for t, n in steps]}))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import Any
 
 from apr_core import __version__
 from apr_core.errors import AprError
+from apr_core.runtime import threads
 from apr_core.technique import TransformTechnique
 
 from . import params as P
@@ -180,7 +181,7 @@ class Distill(TransformTechnique):
                                                   f"{1 - params['alpha']:g} x CE (T = {params['temperature']:g})",
                                "eval_loss_is": "the student's cross-entropy per answer token on held-out data",
                                "truncated_examples": data["truncated"], "seconds": result.seconds,
-                               "tokens_per_second": result.tokens_per_second, "run_dir": str(workdir),
+                               "tokens_per_second": result.tokens_per_second, **threads.describe(), "run_dir": str(workdir),
                                "resumed_from_step": result.resumed_from,
                                **{k: str(workdir / v) for k, v in files.items()}})
         if schedule_note is not None:

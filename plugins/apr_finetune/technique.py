@@ -21,6 +21,7 @@ from typing import Any
 
 from apr_core import __version__
 from apr_core.errors import AprError
+from apr_core.runtime import threads
 from apr_core.technique import TransformTechnique
 
 from . import params as P
@@ -117,7 +118,7 @@ class Finetune(TransformTechnique):
                    "eval_loss": result.eval_loss, "data_sha256": data["sha256"], "fingerprint": fingerprint}
         context.record.update(summary)
         context.report.update({**summary, "truncated_examples": data["truncated"], "seconds": result.seconds,
-                               "tokens_per_second": result.tokens_per_second, "run_dir": str(workdir),
+                               "tokens_per_second": result.tokens_per_second, **threads.describe(), "run_dir": str(workdir),
                                "resumed_from_step": result.resumed_from,
                                **{k: str(workdir / v) for k, v in files.items()}})
         out = with_weights(model, lm) if peft_model is None else \
