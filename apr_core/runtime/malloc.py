@@ -16,8 +16,10 @@ Three places pull on that, each measured:
   allocated them, and the holes left in the heap could not hold the next step's: a SmolLM2 LoRA
   run's heap grew 1.76 -> 2.01 -> 2.23 GB over its first steps with 0.18 GB alive between them,
   and the run peaked 0.35-0.45 GB higher than with a trim before each step (3.27-3.47 GB against
-  2.92-3.12 GB). The trim costs page faults when the next step reuses those pages: 0.6 s of
-  system time per 6.5 s step there (2 threads), against 1.2 s without it.
+  2.92-3.12 GB). The trim costs page faults when the next step reuses those pages (0.6 s more
+  system time per 6.5 s step there, about 5% of its tokens/s), and on a heap that holds little it
+  buys nothing: a tiny model's step ran 30% slower trimmed at the same peak. So a step trims only
+  when the heap holds at least 256 MiB free and more free than in use (`trim_slack`).
 - `configure` (``APR_MMAP_THRESHOLD=BYTES``, opt-in, set by the ``apr`` command at start): fixes
   the threshold low so freed activations leave the process. A SmolLM2 LoRA step then peaked at
   2.76 GB instead of 3.23 GB (the memory plan counts 2.86 GB alive), but the mapping and faults of
@@ -39,6 +41,7 @@ ENV = "APR_MMAP_THRESHOLD"
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 RETAIN_BYTES = 1 << 30  # blocks below this come from (and return to) the heap, not fresh mappings
+TRIM_SLACK_BYTES = 256 << 20  # free heap from which a training step trims before it starts
 
 _lock = threading.Lock()
 _libc: ctypes.CDLL | bool | None = None
@@ -106,3 +109,30 @@ def trim_heap() -> None:
     libc = _glibc()
     if libc:
         libc.malloc_trim(0)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def heap_bytes() -> tuple[int, int] | None:
+    """(bytes in use, free bytes held) of the C heap (glibc >= 2.33 ``mallinfo2``), else None."""
+    libc = _glibc()
+    fn = getattr(libc, "mallinfo2", None) if libc else None
+    if fn is None:
+        return None
+    fn.restype = _MallInfo2
+    info = fn()
+    return int(info.uordblks), int(info.fordblks)
+
+
+def trim_slack(min_bytes: int = TRIM_SLACK_BYTES) -> bool:
+    """`trim_heap` when the heap holds at least ``min_bytes`` free and more free than in use
+    (a training step's leftover holes); True if it trimmed. Trimming a heap that holds little
+    costs page faults for nothing: a tiny model's LoRA step ran 30% slower trimmed."""
+    held = heap_bytes()
+    if held is None or held[1] < min_bytes or held[1] <= held[0]:
+        return False
+    trim_heap()
+    return True

@@ -240,7 +240,7 @@ class Trainer:
                                       f"{checkpoint.directory(self.workdir)}; rerun the same command with "
                                       f"--resume", stop.signum)
                 if dev.type == "cpu":
-                    malloc.trim_heap()  # the last step's freed activations (runtime/malloc.py)
+                    malloc.trim_slack()  # the holes the last step's activations left (runtime/malloc.py)
                 batch = self.global_batch(step, per_epoch, world)
                 n_targets = sum(e.targets for e in batch)
                 micro = [batch[i:i + self.s.batch_size] for i in range(0, len(batch), self.s.batch_size)]
