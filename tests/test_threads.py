@@ -159,3 +159,20 @@ def test_the_cli_fixes_glibcs_mmap_threshold_when_asked():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          env=env | {"APR_MMAP_THRESHOLD": "1048576"}).stdout
     assert out.splitlines()[-1] == "1048576"
+
+
+def test_a_training_step_trims_the_heap_only_when_it_holds_much_more_free_than_in_use(monkeypatch):
+    from apr_core.runtime import malloc
+
+    held = malloc.heap_bytes()
+    if held is not None:  # glibc: the figures are real
+        assert held[0] > 0 and held[1] >= 0
+    trims = []
+    monkeypatch.setattr(malloc, "trim_heap", lambda: trims.append(1))
+    for in_use, free, trimmed in ((100 << 20, 300 << 20, True), (100 << 20, 200 << 20, False),
+                                  (400 << 20, 300 << 20, False)):
+        monkeypatch.setattr(malloc, "heap_bytes", lambda: (in_use, free))
+        assert malloc.trim_slack() is trimmed
+    assert len(trims) == 1
+    monkeypatch.setattr(malloc, "heap_bytes", lambda: None)  # not glibc: nothing to do
+    assert malloc.trim_slack() is False

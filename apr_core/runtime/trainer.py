@@ -377,8 +377,11 @@ def _mean_over_processes(acc, loss_sum: float, n_targets: int, world: int) -> fl
 
 def write_log(log: list[dict[str, Any]], directory: Path) -> dict[str, str]:
     """``train_log.json`` and, with matplotlib, ``loss.png`` (train and eval loss by step)."""
+    from . import malloc
+
     (directory / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
     written = {"log": "train_log.json"}
+    malloc.trim_heap()  # training's freed memory goes back before matplotlib's import adds its own
     try:
         import matplotlib
 
