@@ -114,7 +114,6 @@ def _grad_in_forward():
     return GradInForward
 
 
-
 def next_token_loss(hidden, head, ids, mask=None, softcap: float | None = None, chunk: int = CHUNK):
     """Summed cross-entropy (nats) of predicting ``ids[:, t+1]`` from ``hidden[:, t]``, and the
     number of predicted tokens.
