@@ -35,7 +35,7 @@ def logits_of(head, hidden, softcap: float | None):
 
 
 def _chunks(ids, mask, chunk: int, extra):
-    """(start, end, targets, keep, extra pieces) of each position chunk that has a counted target."""
+    """(start, end, targets, keep, extra pieces, count) of each position chunk with counted targets."""
     import torch
 
     positions = ids.shape[1] - 1
@@ -44,8 +44,9 @@ def _chunks(ids, mask, chunk: int, extra):
         e = min(s + chunk, positions)
         target = ids[:, s + 1: e + 1]
         keep = mask[:, s + 1: e + 1] if mask is not None else torch.ones_like(target, dtype=torch.bool)
-        if bool(keep.any()):
-            yield s, e, target, keep, [x[:, s:e] for x in extra]
+        n = int(keep.sum())  # one device sync per chunk
+        if n:
+            yield s, e, target, keep, [x[:, s:e] for x in extra], n
 
 
 def chunked_loss(hidden, ids, mask, per_chunk, chunk: int = CHUNK, extra=(), params=None):
@@ -60,8 +61,8 @@ def chunked_loss(hidden, ids, mask, per_chunk, chunk: int = CHUNK, extra=(), par
     import torch
     from torch.utils.checkpoint import checkpoint
 
-    pieces = list(_chunks(ids, mask, chunk, extra))
-    count = sum(int(keep.sum()) for _s, _e, _t, keep, _x in pieces)
+    chunks = list(_chunks(ids, mask, chunk, extra))
+    pieces, count = [c[:5] for c in chunks], sum(c[5] for c in chunks)
     if not (torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in params or ()))):
         total = hidden.new_zeros((), dtype=torch.float32)
         for s, e, target, keep, rest in pieces:
