@@ -367,6 +367,7 @@ def write_gguf(model: Model, path: str | os.PathLike, out_type: str = "f16", pro
     import numpy as np
 
     from ..quant.parallel import ordered_map, worker_count
+    from .gguf_writer import GGUFWriter
 
     config = model.text_config()
     arch = GGUF_ARCH.get(model.model_type)
@@ -392,7 +393,7 @@ def write_gguf(model: Model, path: str | os.PathLike, out_type: str = "f16", pro
     # tensors are quantized on all cores (one tensor per thread) from here on, while the header
     # and the tokenizer are packed, and written in order as they complete
     with atomic_path(path) as tmp, ordered_map(array, plan, window=2 * worker_count()) as arrays:
-        w = gguf.GGUFWriter(os.fspath(tmp), arch)
+        w = GGUFWriter(os.fspath(tmp), arch)
         write_architecture(w, model, config, arch, ftype)
         write_tokenizer(w, model, config)
         if freqs is not None:
