@@ -52,6 +52,13 @@ def _context(quiet: bool = False, seed: int = 0, device: str | None = None, dtyp
     return RunContext(seed=seed, device=device, dtype=dtype, quiet=quiet, verbose=verbose)
 
 
+def _check_ahead(sources) -> None:
+    """Start checking the .apr inputs' checksums now, while torch is imported (apr_core.formats.footer)."""
+    from .formats.footer import check_ahead
+
+    check_ahead(s for s in sources if str(s).endswith(".apr"))
+
+
 DEVICE_HELP = "Compute device: auto (CUDA when available), cpu, cuda or cuda:N (default: apr --device, APR_DEVICE)."
 DTYPE_HELP = ("Compute precision: auto (bf16 on GPUs that support it; on a CPU bf16 for bf16-stored models "
               "evaluated where the CPU has bf16 instructions; else float32), float32, bfloat16, float16.")
@@ -112,6 +119,7 @@ def _kind_command(kind: Kind, techniques: dict[str, Any]) -> click.Command:
         if nproc and nproc > 1 and "LOCAL_RANK" not in os.environ:
             return _relaunch(nproc)
 
+        _check_ahead(models)
         name = raw.pop(kind.selector)
         actions = [a for a in kind.actions if raw.pop(a, False)]
         batch_list = raw.pop("batch", None)

@@ -225,3 +225,51 @@ def test_spec_mismatch_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(AprError, match="declared"):
         write_apr(bad, tmp_path / "bad.apr")
     assert list(tmp_path.iterdir()) == []
+
+
+def _flip_data_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_checksum_checked_ahead_is_the_one_the_reader_uses(tmp_path, monkeypatch):
+    from apr_core.formats import footer
+
+    path = _good_file(tmp_path)
+    expected = read_apr(path).sha256
+    footer.check_ahead([path])
+    footer._AHEAD[footer._identity(str(path))].result(timeout=30)  # the background read is done
+
+    def refuse(*_args):
+        raise AssertionError("checked again although the early check had the answer")
+
+    monkeypatch.setattr(footer, "verify", refuse)
+    assert read_apr(path).sha256 == expected
+    assert footer._identity(str(path)) not in footer._AHEAD  # used once; a later read checks again
+
+
+def test_damage_found_ahead_fails_the_read(tmp_path):
+    from apr_core.formats import footer
+
+    path = _good_file(tmp_path)
+    _flip_data_byte(path)
+    footer.check_ahead([path])
+    with pytest.raises(CorruptFileError, match="checksum"):
+        read_apr(path)
+
+
+def test_a_file_changed_after_its_early_check_is_checked_again(tmp_path):
+    import os
+
+    from apr_core.formats import footer
+
+    path = _good_file(tmp_path)
+    footer.check_ahead([path])
+    footer._AHEAD[footer._identity(str(path))].result(timeout=30)  # checked while still good
+    before = os.stat(path).st_mtime_ns
+    _flip_data_byte(path)  # same size
+    os.utime(path, ns=(before + 10**9, before + 10**9))
+    with pytest.raises(CorruptFileError, match="checksum"):
+        read_apr(path)
+    footer._AHEAD.clear()

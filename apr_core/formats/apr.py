@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import mmap
 import os
@@ -25,6 +24,7 @@ from typing import Any
 from .. import __version__
 from ..atomic import atomic_file
 from . import map_file, page_releaser
+from .footer import checked
 from ..dtypes import BY_APR_ID
 from ..errors import AprError, CorruptFileError
 from ..model import LazyTensor, Model, TensorSpec
@@ -303,7 +303,7 @@ def _parse(path: str, mm: mmap.mmap, size: int, verify: bool) -> Model:
     if count > (data_off - index_off) // 21:
         raise _corrupt(path, f"tensor count {count} does not fit the index")
     if verify:
-        sha = _verify_footer(path, mm, size)
+        sha = checked(path, mm, size)
     else:
         sha = None
     try:
@@ -417,39 +417,6 @@ def _viewer(mm: mmap.mmap, offset: int, nbytes: int, spec: TensorSpec):
         return raw.view(dt.torch_dtype()).reshape(spec.shape)
 
     return load
-
-
-def _verify_footer(path: str, mm: mmap.mmap, size: int) -> str:
-    """Check the footer CRC32 over the whole file; return the file's sha256 from the same read.
-
-    The CRC of each chunk runs on a second thread while the hash reads it (zlib and hashlib
-    release the GIL on large buffers), over zero-copy views of the map: on a multi-core machine
-    the two passes cost about one. Each chunk is unmapped once both have read it."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    sha = hashlib.sha256()
-    end = size - 4
-    step = 1 << 24
-    view = memoryview(mm)
-    try:
-        with ThreadPoolExecutor(1, thread_name_prefix="apr-crc") as pool:
-            crc = 0
-            for start in range(0, end, step):
-                chunk = view[start:min(start + step, end)]
-                pending = pool.submit(zlib.crc32, chunk, crc)  # the CRC and the SHA of a chunk in parallel
-                sha.update(chunk)
-                crc = pending.result()
-                chunk.release()
-                # unmap what was read (nothing can have written to the map yet; the page cache keeps
-                # it), or checking a file would leave all of it resident in this process
-                mm.madvise(mmap.MADV_DONTNEED, start, min(step, end - start))
-        (stored,) = struct.unpack("<I", view[end:size])
-        sha.update(view[end:size])
-    finally:
-        view.release()
-    if crc != stored:
-        raise _corrupt(path, "checksum mismatch (the file is damaged or truncated)")
-    return sha.hexdigest()
 
 
 __all__ = ["read_apr", "write_apr", "tensor_bytes"]
