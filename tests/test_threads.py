@@ -176,3 +176,27 @@ def test_a_training_step_trims_the_heap_only_when_it_holds_much_more_free_than_i
     assert len(trims) == 1
     monkeypatch.setattr(malloc, "heap_bytes", lambda: None)  # not glibc: nothing to do
     assert malloc.trim_slack() is False
+
+
+def test_a_merge_keeps_its_chunk_buffers_on_the_heap(tmp_path):
+    """In a fresh process a merge fixes glibc's mmap and trim thresholds at the chunk values (the
+    first caller wins); a threshold the user set is left alone."""
+    from apr_core.testing import tiny_model
+
+    a, b = tmp_path / "a.apr", tmp_path / "b.apr"
+    pipeline.save(tiny_model(seed=1), str(a))
+    pipeline.save(tiny_model(seed=2), str(b))
+    probe = ("import ctypes, sys\nfrom apr_core.runtime import malloc\ncalls = []\n"
+             "class Libc:\n    def mallopt(self, what, value):\n        calls.append((what, value))\n        return 1\n"
+             "malloc._libc = Libc()\nfrom apr_core import cli\n"
+             f"try:\n    cli.main(['merge', {str(a)!r}, {str(b)!r}, '--strategy', 'average', '-o', {str(tmp_path / 'm.apr')!r}, '-q'])\n"
+             "except SystemExit:\n    pass\nprint(calls)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "APR_MMAP_THRESHOLD")}
+    from apr_core.runtime import malloc
+
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
+    assert out.stdout.splitlines()[-1] == str([(malloc.M_MMAP_THRESHOLD, malloc.CHUNK_MMAP_BYTES),
+                                               (malloc.M_TRIM_THRESHOLD, malloc.CHUNK_TRIM_BYTES)]), out.stderr
+    out = subprocess.run([sys.executable, "-c", probe.replace("m.apr", "m2.apr")], capture_output=True, text=True,
+                         env=env | {"MALLOC_MMAP_THRESHOLD_": "65536"})
+    assert out.stdout.splitlines()[-1] == "[]", out.stderr

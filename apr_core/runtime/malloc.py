@@ -10,6 +10,13 @@ Three places pull on that, each measured:
   thousands of times per model, and most of their time went to fresh page faults (Q8_0's
   rounding: 6 ms per chunk before, 0.6 ms after, on the 2-core development machine); raising the
   mmap and trim thresholds lets the heap keep and reuse that memory (same high-water mark).
+- `retain_freed_memory(CHUNK_MMAP_BYTES, CHUNK_TRIM_BYTES)` (merging): each tensor is merged in
+  16 MiB float32 chunks whose buffers are freed chunk after chunk; with glibc's moving threshold
+  and trim they were mapped afresh most of the time (430k page faults for a 0.47 GB bf16 average
+  merge). A fixed 32 MiB threshold keeps the chunks on the heap while tensors above it (written
+  once) stay mappings, and a 256 MiB trim threshold keeps the freed chunks for the next one:
+  190k faults, 0.7-0.8x the wall time, about 110 MB more peak RSS (`benchmarks/merge.py`,
+  docs/merge.md). The codecs' 1 GiB values gave fewer faults but a larger heap and no gain there.
 - `trim_heap` (the layer sweep of pruning and calibration, and every CPU training step): each
   layer frees tens of megabytes; without a ``malloc_trim`` the resident size crept up layer after
   layer though nothing was alive. A training step frees its activations in another order than it
@@ -41,6 +48,8 @@ ENV = "APR_MMAP_THRESHOLD"
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 RETAIN_BYTES = 1 << 30  # blocks below this come from (and return to) the heap, not fresh mappings
+CHUNK_MMAP_BYTES = 32 << 20  # merging: chunk buffers below this stay on the heap, tensors above are mappings
+CHUNK_TRIM_BYTES = 256 << 20  # merging: free heap kept for the next chunks
 TRIM_SLACK_BYTES = 256 << 20  # free heap from which a training step trims before it starts
 
 _lock = threading.Lock()
@@ -90,9 +99,9 @@ def configure(environ=os.environ) -> int:
         return _threshold
 
 
-def retain_freed_memory() -> bool:
+def retain_freed_memory(mmap_bytes: int = RETAIN_BYTES, trim_bytes: int = RETAIN_BYTES) -> bool:
     """Raise glibc's mmap and trim thresholds once per process (unless the user chose a
-    threshold); True if glibc accepted them."""
+    threshold; the first caller's values stay); True if glibc accepted them."""
     global _retained
     with _lock:
         if _retained:
@@ -101,7 +110,7 @@ def retain_freed_memory() -> bool:
         libc = _glibc()
         if not libc or user_threshold():
             return False
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, RETAIN_BYTES)) and bool(libc.mallopt(M_TRIM_THRESHOLD, RETAIN_BYTES))
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_bytes)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim_bytes))
 
 
 def trim_heap() -> None:

@@ -97,6 +97,10 @@ class MergeTechnique(TransformTechnique):
     def _produce(self, plan: TensorPlan, params: dict[str, Any], context: RunContext):
         import torch
 
+        from apr_core.runtime.malloc import CHUNK_MMAP_BYTES, CHUNK_TRIM_BYTES, retain_freed_memory
+
+        retain_freed_memory(CHUNK_MMAP_BYTES, CHUNK_TRIM_BYTES)  # the chunk buffers are reused, not re-faulted
+
         ref = plan.reference.load()
         if plan.shared == 0:
             return ref
