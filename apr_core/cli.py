@@ -414,6 +414,11 @@ def plugins_cmd(as_json):
         click.echo(f"{row['plugin']:<24} {row['distribution']} {row['version']:<8} {techs}")
 
 
+def _only_help(args: list[str]) -> bool:
+    """Whether the command line only asks for help or the version."""
+    return not args or any(a in ("-h", "--help", "--version") for a in args)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors with exit code 2 for anything the user can fix."""
     from .runtime import malloc
@@ -421,7 +426,8 @@ def main(argv: list[str] | None = None) -> None:
 
     args = sys.argv[1:] if argv is None else argv
     _ARGS[:] = args
-    prepare_environment()
+    if not _only_help(args):  # help runs nothing: no need to sample the machine's load
+        prepare_environment()
     malloc.configure()
     previous = _catch_sigterm()
     try:

@@ -200,3 +200,23 @@ def test_a_merge_keeps_its_chunk_buffers_on_the_heap(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe.replace("m.apr", "m2.apr")], capture_output=True, text=True,
                          env=env | {"MALLOC_MMAP_THRESHOLD_": "65536"})
     assert out.stdout.splitlines()[-1] == "[]", out.stderr
+
+
+def test_help_does_not_sample_the_load(monkeypatch, capsys):
+    from apr_core import cli
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("sampled the load for --help")
+
+    monkeypatch.setattr(threads, "others_busy_cores", refuse)
+    monkeypatch.delenv("APR_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("APR_THREADS", raising=False)
+    for args in (["--help"], ["merge", "--help"], ["--version"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(args)
+        assert exit_.value.code == 0
+    assert "Usage" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="sampled"):  # a real command does sample
+        cli.main(["plugins"])
