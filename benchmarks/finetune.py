@@ -195,6 +195,7 @@ def main() -> None:
                 ours_loss = heldout_loss(model_path, setup["heldout"], args.max_seq_len, adapter=ours_out)
                 peer_loss = heldout_loss(model_path, setup["heldout"], args.max_seq_len, adapter=peer_out)
             row = {"model": name, "method": method, "steps": args.steps,
+                   "apr_threads": ours.get("threads"), "apr_omp_wait_policy": ours.get("omp_wait_policy"),
                    "apr_tokens_per_second": ours["tokens_per_second"], "peer_tokens_per_second": peer["tokens_per_second"],
                    "speed_ratio": round(ours["tokens_per_second"] / peer["tokens_per_second"], 3),
                    "apr_steady_tokens_per_second": ours_steady, "peer_steady_tokens_per_second": peer_steady,
