@@ -191,6 +191,29 @@ def test_full_finetune_writes_a_model_and_lowers_the_loss(work, tmp_path):
         finetune(work, tmp_path / "full-dir/", "peft", method="full", max_steps=1)
 
 
+def test_cpu_steps_trim_the_heap_for_adapters_only(work, tmp_path, monkeypatch):
+    """LoRA steps start with the heap trim; full fine-tuning's do not (`heap_trim_pays`)."""
+    from apr_core.runtime import malloc
+
+    calls = []
+    monkeypatch.setattr(malloc, "trim_slack", lambda *a, **k: calls.append(1) or False)
+    finetune(work, tmp_path / "trim-lora/", max_steps=3, eval_split=0)
+    assert len(calls) == 3
+    calls.clear()
+    finetune(work, tmp_path / "trim-full.apr", method="full", max_steps=3, eval_split=0)
+    assert calls == []
+
+
+def test_adamw_takes_the_fused_kernel_where_it_can():
+    from apr_core.runtime.trainer import fusable, make_optimizer
+
+    cpu = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+    assert make_optimizer("adamw", cpu, 1e-3, 0.0, "cpu").defaults["fused"] is True
+    meta = [torch.nn.Parameter(torch.randn(2, device="meta"))]
+    assert not fusable(meta) and not fusable(cpu + meta)
+    assert not make_optimizer("adamw", meta, 1e-3, 0.0, "cpu").defaults["fused"]
+
+
 def test_accumulation_normalises_by_the_whole_batch(work, tmp_path):
     """Micro-batches of different lengths: 1x4, 2x2 and 4x1 give the same update (the per-token
     loss of the whole global batch), which per-micro-batch means would not."""

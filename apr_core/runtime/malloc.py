@@ -17,7 +17,8 @@ Three places pull on that, each measured:
   once) stay mappings, and a 256 MiB trim threshold keeps the freed chunks for the next one:
   190k faults, 0.7-0.8x the wall time, about 110 MB more peak RSS (`benchmarks/merge.py`,
   docs/merge.md). The codecs' 1 GiB values gave fewer faults but a larger heap and no gain there.
-- `trim_heap` (the layer sweep of pruning and calibration, and every CPU training step): each
+- `trim_heap` (the layer sweep of pruning and calibration, and every CPU step of adapter
+  training; `apr_core.runtime.trainer.heap_trim_pays` says why not of full training): each
   layer frees tens of megabytes; without a ``malloc_trim`` the resident size crept up layer after
   layer though nothing was alive. A training step frees its activations in another order than it
   allocated them, and the holes left in the heap could not hold the next step's: a SmolLM2 LoRA

@@ -163,7 +163,7 @@ class Distill(TransformTechnique):
 
         lm = base_model(student, method, context)
         peft_model = adapt(lm, params, params["lora_alpha"] if method == "lora" else None, context.seed)
-        settings = train_settings(params, context.seed)
+        settings = train_settings(params, context.seed, adapter=peft_model is not None)
         state = AdapterState(peft_model) if peft_model is not None else FullState()
         module = DistillLoss(lm, source, shared, params["temperature"], params["alpha"], params["loss"])
         args = (module, data["train"], data["held_out"], settings, context, workdir, state.save, state.load,

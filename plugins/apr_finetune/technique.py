@@ -106,7 +106,7 @@ class Finetune(TransformTechnique):
         peft_model = adapt(lm, params, None if method == "full" else params["alpha"], context.seed)
         if peft_model is not None and params["adapter"]:
             self._start_from(peft_model, params["adapter"], model)
-        settings = train_settings(params, context.seed)
+        settings = train_settings(params, context.seed, adapter=peft_model is not None)
         state = AdapterState(peft_model) if peft_model is not None else FullState()
         trainer = Trainer(CausalLMLoss(lm), data["train"], data["held_out"], settings, context, workdir,
                           state.save, state.load, fingerprint)

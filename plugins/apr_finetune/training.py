@@ -103,16 +103,18 @@ def adapt(lm, params: dict[str, Any], alpha: float, seed: int):
     return peft_model
 
 
-def train_settings(params: dict[str, Any], seed: int):
-    """The shared loop's settings from the training options both commands declare."""
-    from apr_core.runtime.trainer import TrainSettings
+def train_settings(params: dict[str, Any], seed: int, adapter: bool):
+    """The shared loop's settings from the training options both commands declare; ``adapter``:
+    whether only a LoRA adapter trains (it decides the CPU heap trim, `heap_trim_pays`)."""
+    from apr_core.runtime.trainer import TrainSettings, heap_trim_pays
 
     return TrainSettings(
         epochs=params["epochs"], max_steps=params["max_steps"], batch_size=params["batch_size"],
         grad_accum=params["grad_accum"], learning_rate=params["learning_rate"],
         weight_decay=params["weight_decay"], warmup_ratio=params["warmup_ratio"],
         max_grad_norm=params["max_grad_norm"], optimizer=params["optimizer"], eval_steps=params["eval_steps"],
-        save_steps=params["save_steps"], gradient_checkpointing=params["gradient_checkpointing"], seed=seed)
+        save_steps=params["save_steps"], gradient_checkpointing=params["gradient_checkpointing"], seed=seed,
+        trim_heap=heap_trim_pays(adapter))
 
 
 def prepare_data(model, params, seed: int) -> dict[str, Any]:
