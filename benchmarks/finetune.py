@@ -32,6 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import ROOT, measure  # noqa: E402
 
+sys.path.pop(0)  # else benchmarks/kernels.py shadows the `kernels` package bitsandbytes imports for QLoRA
+
 PEER = ROOT / "benchmarks" / "peers" / "finetune_trainer.py"
 LR = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
 
