@@ -160,8 +160,9 @@ def heap_trim_pays(adapter: bool) -> bool:
     ``zero_grad`` also frees the gradients (4 bytes per parameter) each step, so the trim makes
     the backward pass fault those in as well: a SmolLM2 full run lost 13-15% of its tokens/s
     (118 against 138, 109 against 125 tok/s) to save 0.15-0.19 GB of a 4.5-4.7 GB peak, whose
-    weights, gradients and moments the trim cannot touch; untrimmed it still peaks below the
-    baseline's 4.75 GB (docs/finetune.md)."""
+    weights, gradients and moments the trim cannot touch; untrimmed it peaks level with the
+    baseline (4.79-4.86 against 4.71-4.80 GB, 1.00-1.02x, over three benchmark runs), at 1.00-1.05x
+    its tokens/s (docs/finetune.md)."""
     return adapter
 
 
