@@ -33,3 +33,23 @@ def one_error_line(proc) -> str:
     assert lines[0].startswith("apr: error:"), lines[0]
     assert "Traceback" not in proc.stderr
     return lines[0]
+
+
+def run_apr_signalled_at_checkpoint(args: list[str], step: int, sig: int) -> subprocess.CompletedProcess:
+    """Run ``apr ARGS`` in a child that sends itself SIG once, the moment checkpoint STEP is
+    complete, so the signal lands mid-run however fast the machine (polling for the directory from
+    outside raced runs that finished in a tenth of a second). Returns the finished process."""
+    code = (
+        "import os\n"
+        "from apr_core.cli import main\n"
+        "from apr_core.runtime import checkpoint\n"
+        "keep, sent = checkpoint.keep_last, []\n"
+        "def keep_last(workdir, n):\n"
+        "    keep(workdir, n)\n"
+        f"    if not sent and any(s == {int(step)} for s, _ in checkpoint.complete(workdir)):\n"
+        "        sent.append(True)\n"
+        f"        os.kill(os.getpid(), {int(sig)})\n"
+        "checkpoint.keep_last = keep_last\n"
+        f"main({list(args)!r})\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -7,7 +7,6 @@ import math
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -20,7 +19,7 @@ from apr_core.runtime.trainer import collate
 from apr_core.technique import RunContext
 from apr_core.testing import tiny_model, tiny_tokenizer_files, write_tiny
 from apr_core.torch_bridge import to_transformers
-from helpers import one_error_line, run_apr
+from helpers import one_error_line, run_apr, run_apr_signalled_at_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -295,14 +294,8 @@ def _cli(work, out, *extra):
 
 def test_terminated_progressive_run_resumes_to_the_same_student(work, tmp_path):
     subprocess.run(_cli(work, tmp_path / "one.apr"), check=True, capture_output=True)
-    proc = subprocess.Popen(_cli(work, tmp_path / "two.apr"), stderr=subprocess.PIPE, text=True)
-    end = time.time() + 120
-    while not (tmp_path / "two.apr.run" / "checkpoints" / "step-00000008").exists():
-        assert proc.poll() is None and time.time() < end, "no checkpoint appeared"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(60)
-    assert proc.returncode == 143 and not (tmp_path / "two.apr").exists()
+    proc = run_apr_signalled_at_checkpoint(_cli(work, tmp_path / "two.apr")[3:], 8, signal.SIGTERM)
+    assert proc.returncode == 143 and not (tmp_path / "two.apr").exists(), proc.stderr
     resumed = json.loads(run_apr(*_cli(work, tmp_path / "two.apr", "--resume", "--json")[3:], check=True).stdout)
     assert resumed["report"]["resumed_from_step"] >= 8
     a, b = read_apr(tmp_path / "one.apr"), read_apr(tmp_path / "two.apr")

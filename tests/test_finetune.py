@@ -5,7 +5,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from apr_core import pipeline
 from apr_core.errors import AprError
 from apr_core.technique import RunContext
 from apr_core.testing import tiny_model, write_tiny
-from helpers import one_error_line, run_apr
+from helpers import one_error_line, run_apr, run_apr_signalled_at_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -243,23 +242,14 @@ def _cli(work, out, *extra):
             "--save-steps", "4", "--seed", "5", "-q", "-o", str(out), *extra]
 
 
-def _wait_for(path: Path, proc, seconds=120) -> None:
-    end = time.time() + seconds
-    while not path.exists():
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "the run ended early"
-        assert time.time() < end, f"{path} never appeared"
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("how", ["kill", "term"])
 def test_killed_run_resumes_to_the_same_adapter(work, tmp_path, how):
     subprocess.run(_cli(work, tmp_path / "one/"), check=True, capture_output=True)
-    proc = subprocess.Popen(_cli(work, tmp_path / "two/"), stderr=subprocess.PIPE, text=True)
-    _wait_for(tmp_path / "two.run" / "checkpoints" / "step-00000008", proc)
-    proc.send_signal(signal.SIGKILL if how == "kill" else signal.SIGTERM)
-    proc.wait(60)
+    sig = signal.SIGKILL if how == "kill" else signal.SIGTERM
+    proc = run_apr_signalled_at_checkpoint(_cli(work, tmp_path / "two/")[3:], 8, sig)
+    assert proc.returncode == (143 if how == "term" else -signal.SIGKILL), proc.stderr
     if how == "term":
-        assert proc.returncode == 143 and "--resume" in proc.stderr.read()
+        assert "--resume" in proc.stderr
     assert not (tmp_path / "two").exists()
     refused = run_apr(*_cli(work, tmp_path / "two/")[3:])
     assert "--resume" in one_error_line(refused)

@@ -4,16 +4,13 @@ same final bytes, the plan and its warnings, and recipes that are refused before
 import json
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from apr_core.testing import write_tiny
-from helpers import one_error_line, run_apr
+from helpers import one_error_line, run_apr, run_apr_signalled_at_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +93,9 @@ def test_killed_recipe_resumes_at_its_step_with_the_same_bytes(inputs, tmp_path)
     expected = Path(done["steps"][-1]["output"]).read_bytes()
     work = tmp_path / "work"
     shutil.rmtree(work)
-    cmd = [sys.executable, "-m", "apr_core.cli", "recipe", "run", str(path), "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not list(work.glob("a-*.apr.run/checkpoints/step-00000008")):
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
+    killed = run_apr_signalled_at_checkpoint(["recipe", "run", str(path), "-q"], 8, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert list(work.glob("a-*.apr.run/checkpoints/step-00000008"))
     assert not list(work.glob("q-*.apr"))
     resumed = json.loads(run_apr("recipe", "run", str(path), "--json", "-q", check=True).stdout)
     assert [s["cached"] for s in resumed["steps"]] == [True, False, False]
