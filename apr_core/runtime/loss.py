@@ -22,6 +22,19 @@ from __future__ import annotations
 import functools
 
 CHUNK = 512  # tokens (batch rows x positions) per LM-head call
+CPU_TRAINING_CHUNK = 256  # the same, for a training step on CPU (`training_chunk` says why)
+
+
+def training_chunk(device_type: str) -> int:
+    """Tokens per LM-head chunk of a training step on ``device_type`` ("cpu", "cuda", ...).
+
+    On CPU a chunk's fp32 logits and their gradient are fresh glibc mappings (above its 32 MiB
+    mmap ceiling) whose pages fault in every step. With SmolLM2's 49k vocabulary, 256-token
+    chunks (48 MiB each) spent 4.3-8.0 s of system time over 8 LoRA steps against 7.3-14.4 s
+    for 512-token ones, and ran at 207-229 tokens/s against 176-210, at the same or a lower peak
+    (benchmarks/finetune.py, docs/finetune.md); 128-token chunks fall below the ceiling and
+    fragment the heap instead. CUDA's caching allocator reuses blocks, so it keeps ``CHUNK``."""
+    return CPU_TRAINING_CHUNK if device_type == "cpu" else CHUNK
 
 
 def logits_of(head, hidden, softcap: float | None):

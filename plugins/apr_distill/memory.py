@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from apr_core.runtime.loss import CHUNK
+from apr_core.runtime.loss import training_chunk
 
 
 def plan(strategy: str, teachers, student, params, context) -> dict[str, Any]:
@@ -28,12 +28,12 @@ def plan(strategy: str, teachers, student, params, context) -> dict[str, Any]:
     tokens = student_plan["tokens_per_micro_batch"]
     parts = dict(student_plan["parts"])
     cached = bool(params["cache_teacher"])
-    teacher_bytes = 0
+    teacher_bytes, chunk = 0, training_chunk("cuda" if context.device.startswith("cuda") else "cpu")
     for i, t in enumerate(teachers):
         quantized = any(t.spec(n).dt.quantized for n in list(t.names())[:64])
         weights = t.nbytes if quantized else elem * t.param_count
         hidden = tokens * int(t.text_config()["hidden_size"]) * elem
-        logits = 4 * min(tokens, CHUNK) * int(t.text_config()["vocab_size"])
+        logits = 4 * min(tokens, chunk) * int(t.text_config()["vocab_size"])
         teacher_bytes += weights + hidden + logits
         if not cached:
             parts[f"teacher{i}_weights" if len(teachers) > 1 else "teacher_weights"] = int(weights)

@@ -92,14 +92,14 @@ class DistillLoss(nn.Module):
         self.shared, self.temperature, self.alpha, self.kind = shared, temperature, alpha, divergence
 
     def forward(self, ids, attention_mask, target_mask):
-        from apr_core.runtime.loss import chunked_loss, logits_of, next_token_loss, softcap_of
+        from apr_core.runtime.loss import chunked_loss, logits_of, next_token_loss, softcap_of, training_chunk
 
         from .loss import kd_chunk
 
         hidden = self.lm.get_decoder()(input_ids=ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        head, cap = self.lm.get_output_embeddings(), softcap_of(self.lm)
+        head, cap, chunk = self.lm.get_output_embeddings(), softcap_of(self.lm), training_chunk(hidden.device.type)
         if not self.training or self.alpha == 0:  # held-out loss, or CE-only training: no teacher needed
-            return next_token_loss(hidden, head, ids, target_mask, cap)
+            return next_token_loss(hidden, head, ids, target_mask, cap, chunk)
         extras = self.source.extras(ids, attention_mask, target_mask)
 
         def per_chunk(h, target, keep, *pieces):
@@ -107,4 +107,4 @@ class DistillLoss(nn.Module):
             return kd_chunk(logits_of(head, h[keep], cap), target[keep], t_logp, self.temperature, self.alpha,
                             self.kind, self.shared, t_ids)
 
-        return chunked_loss(hidden, ids, target_mask, per_chunk, extra=extras, params=list(head.parameters()))
+        return chunked_loss(hidden, ids, target_mask, per_chunk, chunk, extras, list(head.parameters()))

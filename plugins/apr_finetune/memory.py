@@ -37,7 +37,7 @@ import os
 from typing import Any
 
 from apr_core.errors import AprError
-from apr_core.runtime.loss import CHUNK as LOGIT_CHUNK  # tokens per LM-head chunk
+from apr_core.runtime.loss import training_chunk  # tokens per LM-head chunk
 
 HEADROOM = 0.9  # a plan fits --vram when its peak is at most 90% of it
 AUTO_RANKS = (64, 32, 16, 8)
@@ -127,7 +127,7 @@ def plan_method(model, method: str, params: dict[str, Any], context, rank: int |
     act = activation_bytes(shape, method, per_layer_targets, rank, tokens, batch, seq, elem,
                            fused_attention=cuda or batch == 1 or bool(params.get("packing")),
                            checkpointing=bool(params.get("gradient_checkpointing")))
-    logits = 3 * 4 * min(tokens, LOGIT_CHUNK) * shape["vocab"]
+    logits = 3 * 4 * min(tokens, training_chunk("cuda" if cuda else "cpu")) * shape["vocab"]
     parts = {
         "weights": int(weights),
         "adapter": 4 * adapter,

@@ -33,10 +33,11 @@ class CausalLMLoss(nn.Module):
         self.lm = lm
 
     def forward(self, ids, attention_mask, target_mask):
-        from apr_core.runtime.loss import next_token_loss, softcap_of
+        from apr_core.runtime.loss import next_token_loss, softcap_of, training_chunk
 
         hidden = self.lm.get_decoder()(input_ids=ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        return next_token_loss(hidden, self.lm.get_output_embeddings(), ids, target_mask, softcap_of(self.lm))
+        return next_token_loss(hidden, self.lm.get_output_embeddings(), ids, target_mask, softcap_of(self.lm),
+                               training_chunk(hidden.device.type))
 
 
 @contextlib.contextmanager
