@@ -204,19 +204,24 @@ def test_cpu_steps_trim_the_heap_for_adapters_only(work, tmp_path, monkeypatch):
 
 
 def test_cpu_training_chunks_the_head_as_the_plan_counts(work, tmp_path, monkeypatch):
-    """A CPU step calls the LM head `training_chunk("cpu")` tokens at a time, and the plan's
-    logits term (three fp32 chunk-sized tensors) counts that chunk, not the evaluation one."""
-    from apr_core.runtime import loss
+    """A CPU step runs the fused LM head + cross-entropy `training_chunk("cpu")` tokens at a time,
+    and the plan's logits term (the one fp32 chunk buffer of `linear_ce`) counts that chunk, not
+    the evaluation one."""
+    from apr_core.runtime import linear_ce, loss
     from apr_finetune.memory import plan_method
 
-    seen, real = [], loss._chunks
-    monkeypatch.setattr(loss, "_chunks", lambda ids, mask, chunk, extra: seen.append(chunk) or real(ids, mask, chunk,
-                                                                                                        extra))
+    seen, real = [], linear_ce.linear_cross_entropy
+
+    def spy(hidden, head, ids, mask, chunk):
+        seen.append(chunk)
+        return real(hidden, head, ids, mask, chunk)
+
+    monkeypatch.setattr(linear_ce, "linear_cross_entropy", spy)
     finetune(work, tmp_path / "chunks/", max_steps=1, eval_split=0)
     assert set(seen) == {loss.training_chunk("cpu")} and loss.training_chunk("cpu") < loss.CHUNK
     model = pipeline.load(str(work / "base.apr"))
     plan = plan_method(model, "lora", {"rank": 4, "batch_size": 8, "max_seq_len": 64}, RunContext())
-    assert plan["parts"]["logits"] == 3 * 4 * loss.training_chunk("cpu") * model.text_config()["vocab_size"]
+    assert plan["parts"]["logits"] == 4 * loss.training_chunk("cpu") * model.text_config()["vocab_size"]
 
 
 def test_adamw_takes_the_fused_kernel_where_it_can():

@@ -189,6 +189,54 @@ def test_chunk_gradients_computed_in_the_forward_pass_are_exact(tied):
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_head_and_cross_entropy_match_autograd(bias, monkeypatch):
+    """A float32 ``nn.Linear`` head in a training step takes `linear_ce` (the head and the loss
+    fused on the counted positions); its loss and the gradients of the hidden states, the head
+    and a tied embedding must equal autograd's over the full logits, for any chunk. Softcapping,
+    a bf16 head or a head that is not a plain linear keep autograd's chunked path."""
+    from apr_core.runtime import linear_ce
+    from apr_core.runtime.loss import next_token_loss
+
+    calls = []
+    real = linear_ce.linear_cross_entropy
+    monkeypatch.setattr(linear_ce, "linear_cross_entropy", lambda *a: calls.append(a[-1]) or real(*a))
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 40, (2, 23), generator=g)
+    mask = torch.rand(2, 23, generator=g) > 0.3
+
+    def run(chunk):
+        torch.manual_seed(0)
+        emb, head = torch.nn.Embedding(40, 6), torch.nn.Linear(6, 40, bias=bias)
+        head.weight = emb.weight
+        hidden = torch.tanh(emb(ids) * 3)
+        if chunk is None:
+            target = torch.where(mask[:, 1:], ids[:, 1:], -100)
+            loss = torch.nn.functional.cross_entropy(head(hidden[:, :-1]).reshape(-1, 40), target.reshape(-1),
+                                                     reduction="sum")
+        else:
+            loss, count = next_token_loss(hidden, head, ids, mask, chunk=chunk)
+            assert count == int(mask[:, 1:].sum())
+        hidden.retain_grad()
+        (loss * 0.5).backward()
+        return [loss.detach(), hidden.grad, emb.weight.grad] + ([head.bias.grad] if bias else [])
+
+    want = run(None)
+    for chunk in (1, 7, 1000):
+        got = run(chunk)
+        assert calls[-1] == chunk
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    hidden = torch.randn(1, 5, 6, requires_grad=True)
+    for head, h, cap in ((torch.nn.Linear(6, 40), hidden, 30.0),
+                         (torch.nn.Linear(6, 40).bfloat16(), hidden.bfloat16(), None),
+                         (torch.nn.Sequential(torch.nn.Linear(6, 40)), hidden, None)):
+        calls.clear()
+        next_token_loss(h, head, ids[:1, :5], softcap=cap)[0].float().backward()
+        assert calls == []
+    assert not linear_ce.fusable(torch.nn.Linear(6, 40).requires_grad_(False), torch.randn(1, 5, 6), None)
+
+
 # --------------------------------------------------------------------------- the layer sweep
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])

@@ -12,6 +12,8 @@ because the result is a plain sum. The LM head then runs twice per chunk (forwar
 gradient of the hidden states) as in an unchunked loss. Without ``params`` each chunk is
 checkpointed instead (its logits are recomputed in the backward pass, a third head
 multiplication: about 10% of a LoRA step on SmolLM2's 49k vocabulary).
+A training step through a plain float32 linear head takes `linear_ce` instead: the head and the
+cross-entropy fused, on the counted positions only, through one reused logits buffer.
 Perplexity, pruning analysis, classification, training and distillation all call
 `next_token_loss` (or `chunked_loss` with their own per-chunk loss), so softcapping (Gemma),
 masking and reduction are written once.
@@ -28,12 +30,14 @@ CPU_TRAINING_CHUNK = 256  # the same, for a training step on CPU (`training_chun
 def training_chunk(device_type: str) -> int:
     """Tokens per LM-head chunk of a training step on ``device_type`` ("cpu", "cuda", ...).
 
-    On CPU a chunk's fp32 logits and their gradient are fresh glibc mappings (above its 32 MiB
-    mmap ceiling) whose pages fault in every step. With SmolLM2's 49k vocabulary, 256-token
-    chunks (48 MiB each) spent 4.3-8.0 s of system time over 8 LoRA steps against 7.3-14.4 s
-    for 512-token ones, and ran at 207-229 tokens/s against 176-210, at the same or a lower peak
-    (benchmarks/finetune.py, docs/finetune.md); 128-token chunks fall below the ceiling and
-    fragment the heap instead. CUDA's caching allocator reuses blocks, so it keeps ``CHUNK``."""
+    Measured with autograd's chunked loss: there a chunk's fp32 logits and their gradient are
+    fresh glibc mappings (above its 32 MiB mmap ceiling) whose pages fault in every step, and
+    with SmolLM2's 49k vocabulary 256-token chunks spent 4.3-8.0 s of system time over 8 LoRA
+    steps against 7.3-14.4 s for 512-token ones, at 207-229 tokens/s against 176-210 and the same
+    or a lower peak (benchmarks/finetune.py, docs/finetune.md); 128-token chunks fall below the
+    ceiling and fragment the heap instead. The fused head (`linear_ce`) reuses one buffer, so
+    there the chunk only sets that buffer's size. CUDA's caching allocator reuses blocks, so it
+    keeps ``CHUNK``."""
     return CPU_TRAINING_CHUNK if device_type == "cpu" else CHUNK
 
 
@@ -121,11 +125,17 @@ def _grad_in_forward():
 
         @staticmethod
         def backward(ctx, grad_out):
-            grads, ctx.grads = ctx.grads, None
-            scaled = [None if g is None else g.mul_(grad_out.to(g.dtype)) for g in grads]
+            scaled = scaled_grads(ctx, grad_out)
             return (scaled[0], None, None, None, *scaled[1:])
 
     return GradInForward
+
+
+def scaled_grads(ctx, grad_out):
+    """The gradients a grad-in-forward function kept on ``ctx.grads``, times the incoming (scalar)
+    gradient, in place; ``ctx`` lets them go."""
+    grads, ctx.grads = ctx.grads, None
+    return [None if g is None else g.mul_(grad_out.to(g.dtype)) for g in grads]
 
 
 def next_token_loss(hidden, head, ids, mask=None, softcap: float | None = None, chunk: int = CHUNK):
@@ -141,6 +151,11 @@ def next_token_loss(hidden, head, ids, mask=None, softcap: float | None = None, 
     """
     import torch
     import torch.nn.functional as F
+
+    from .linear_ce import fusable, linear_cross_entropy
+
+    if fusable(head, hidden, softcap):
+        return linear_cross_entropy(hidden, head, ids, mask, chunk)
 
     def per_chunk(h, target, keep):
         logits = logits_of(head, h, softcap)

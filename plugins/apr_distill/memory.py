@@ -1,8 +1,9 @@
 """``apr distill --plan``: the memory and time of a distillation run.
 
 The student's terms are finetune's plan (`apr_finetune.memory.plan_method`: weights, gradients,
-optimizer, activations, one logit chunk) for ``--method full`` or ``lora``. Each resident teacher
-adds its weights in the compute dtype (quantized teachers at their stored size), its final
+optimizer, activations, one logit chunk) for ``--method full`` or ``lora``; its logit chunk is
+three fp32 tensors, since the KD term's chunks go through autograd rather than the fused head
+(unless ``--alpha 0``). Each resident teacher adds its weights in the compute dtype (quantized teachers at their stored size), its final
 hidden states for one micro-batch, and one chunk of fp32 logits (the KD term holds teacher and
 student chunks side by side). With ``--cache-teacher`` the teachers are resident only while the
 cache is built, not during training; the cache's size on disk is estimated from the data's
@@ -18,7 +19,7 @@ from apr_core.runtime.loss import training_chunk
 
 
 def plan(strategy: str, teachers, student, params, context) -> dict[str, Any]:
-    from apr_finetune.memory import BYTES, _matmul_rate, plan_method
+    from apr_finetune.memory import BYTES, _matmul_rate, logits_bytes, plan_method
 
     method = params["method"]
     fparams = dict(params, alpha=params["lora_alpha"])
@@ -27,6 +28,8 @@ def plan(strategy: str, teachers, student, params, context) -> dict[str, Any]:
     elem = BYTES[compute]
     tokens = student_plan["tokens_per_micro_batch"]
     parts = dict(student_plan["parts"])
+    if params["alpha"] > 0:  # the KD term's chunks go through autograd, not the fused head
+        parts["logits"] = logits_bytes(student, tokens, context.device.startswith("cuda"), compute, fused=False)
     cached = bool(params["cache_teacher"])
     teacher_bytes, chunk = 0, training_chunk("cuda" if context.device.startswith("cuda") else "cpu")
     for i, t in enumerate(teachers):

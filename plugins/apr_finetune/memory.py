@@ -14,9 +14,11 @@ Peak memory is the sum of
   adapters' inputs only, since a frozen matmul needs no input to pass its gradient on), plus the
   attention probabilities where attention is not fused (the CPU). With gradient checkpointing only
   each layer's input is kept, plus one layer's activations while it is recomputed;
-- the **logits** of one chunk of 512 tokens in float32 (logits, softmax and gradient): the loss
-  is chunked and checkpointed (`apr_core.runtime.loss`), so the batch x sequence x vocabulary
-  logits never exist whole;
+- the **logits** of one chunk of `training_chunk` tokens in float32: one buffer where the head
+  and the cross-entropy are fused (`apr_core.runtime.linear_ce`: a float32 head without
+  softcapping), three (logits, log-softmax and gradient) where autograd computes the chunk's
+  loss (`apr_core.runtime.loss`); either way the batch x sequence x vocabulary logits never
+  exist whole;
 - on the CPU, the process itself: the **runtime** (Python, torch, transformers, peft, accelerate,
   bitsandbytes; measured in the planning process after importing them), the **model file**'s
   pages (read whole when the checksum is verified at load; counted once when the module's
@@ -127,7 +129,7 @@ def plan_method(model, method: str, params: dict[str, Any], context, rank: int |
     act = activation_bytes(shape, method, per_layer_targets, rank, tokens, batch, seq, elem,
                            fused_attention=cuda or batch == 1 or bool(params.get("packing")),
                            checkpointing=bool(params.get("gradient_checkpointing")))
-    logits = 3 * 4 * min(tokens, training_chunk("cuda" if cuda else "cpu")) * shape["vocab"]
+    logits = logits_bytes(model, tokens, cuda, compute)
     parts = {
         "weights": int(weights),
         "adapter": 4 * adapter,
@@ -151,6 +153,14 @@ def plan_method(model, method: str, params: dict[str, Any], context, rank: int |
             "activations_per_layer_bytes": act["per_layer"],
             "step_flops": flops * accum, "seconds_per_step": round(flops * accum / rate, 3) if rate else None,
             "device_flops_per_second": rate}
+
+
+def logits_bytes(model, tokens: int, cuda: bool, compute: str, fused: bool = True) -> int:
+    """The float32 logits one LM-head chunk of a training step holds (see the module docstring);
+    ``fused=False`` for a loss that autograd computes chunk by chunk whatever the head (distillation)."""
+    fused = fused and compute == "float32" and not model.text_config().get("final_logit_softcapping")
+    vocab = int(model.text_config()["vocab_size"])
+    return (1 if fused else 3) * 4 * min(tokens, training_chunk("cuda" if cuda else "cpu")) * vocab
 
 
 def _step_flops(params: int, trainable: int, method: str, tokens: int, checkpointing: bool) -> float:
