@@ -25,45 +25,54 @@ _BLOCK = 1 << 16
 
 
 def philox4x32(counter, seed: int):
-    """The four 32-bit Philox4x32-10 words (numpy uint32 arrays) for a uint64 array of ``counter``s.
+    """The four 32-bit Philox4x32-10 words (numpy uint32 arrays) for a uint64 array of ``counter``s."""
+    even, odd = philox_pairs(counter, seed)
+    return even[0], odd[0], even[1], odd[1]
+
+
+def philox_pairs(counter, seed: int):
+    """Philox4x32-10 of each counter as two (2, n) uint32 arrays: words (0, 2) and words (1, 3).
 
     Counter words are (counter lo, counter hi, 0, 0) and the key is (seed lo, seed hi), as
-    ``tl.randint4x(seed, counter)`` builds them. Each round's two 32x32-bit products are taken
-    exactly in uint64; their low and high halves are read as strided uint32 views of the
-    product (little-endian), so a round is two multiplies and four 32-bit xors, with no masking,
-    shifting or allocation beyond the four product buffers (used alternately: a round's
-    outputs are views of the previous round's products).
+    ``tl.randint4x(seed, counter)`` builds them. Words 0 and 2 are the round's two multiplicands,
+    kept stacked so that both 32x32-bit products are one numpy call (exact in uint64, against a
+    (2, 1) column of the two multipliers), and both xors another two: numpy's per-call cost is a
+    third of a round at these sizes, so stacking makes the stream about 15% faster than two
+    separate lanes. A product's low and high halves are read as strided uint32 views of it
+    (little-endian), with no masking or shifting; rounds alternate between two product buffers
+    (a round's words 1 and 3 are views of the previous round's products).
     """
     import numpy as np
 
     n = counter.size
-    a, b = np.uint64(ROUND_A), np.uint64(ROUND_B)
-    c0 = (counter & np.uint64(M32)).astype(np.uint32)
-    c1 = (counter >> np.uint64(32)).astype(np.uint32)
-    c2 = c3 = None  # the counter's upper words are zero: round 1 skips them
-    products = [np.empty(n, dtype=np.uint64) for _ in range(4)]
+    products = [np.empty((2, n), dtype=np.uint64) for _ in range(2)]
+    mul = np.array([[ROUND_A], [ROUND_B]], dtype=np.uint64)
+    key = np.empty((2, 1), dtype=np.uint32)
     k0, k1 = seed & M32, (seed >> 32) & M32
-    for r in range(ROUNDS):
-        p0, p2 = products[2 * (r & 1)], products[2 * (r & 1) + 1]
-        np.multiply(c0, a, out=p0)
-        v0, v2 = p0.view(np.uint32), p2.view(np.uint32)
-        if c2 is None:
-            new0 = c1 ^ np.uint32(k0)  # hi(0 * b) = 0
-            new2 = v0[1::2] ^ np.uint32(k1)
-            p2.fill(0)
-        else:
-            np.multiply(c2, b, out=p2)
-            new0 = np.bitwise_xor(v2[1::2], c1)
-            new0 ^= np.uint32(k0)
-            new2 = np.bitwise_xor(v0[1::2], c3)
-            new2 ^= np.uint32(k1)
-        c0, c1, c2, c3 = new0, v2[0::2], new2, v0[0::2]
+    # Round 1: the counter's upper words are zero, so only word 0 is multiplied.
+    first = products[1][0]
+    np.multiply((counter & np.uint64(M32)).astype(np.uint32), mul[0], out=first)
+    even = np.empty((2, n), dtype=np.uint32)
+    np.bitwise_xor((counter >> np.uint64(32)).astype(np.uint32), np.uint32(k0), out=even[0])
+    np.bitwise_xor(first.view(np.uint32)[1::2], np.uint32(k1), out=even[1])  # hi(0 * b) = 0
+    odd = np.zeros((2, n), dtype=np.uint32)
+    odd[1] = first.view(np.uint32)[0::2]
+    for r in range(1, ROUNDS):
         k0, k1 = (k0 + KEY_A) & M32, (k1 + KEY_B) & M32
-    return c0, c1, c2, c3
+        product = products[r & 1]
+        np.multiply(even, mul, out=product)  # (w0 * a, w2 * b)
+        halves = product.view(np.uint32)[::-1]  # rows (w2 * b, w0 * a), as (lo, hi) pairs
+        key[0, 0], key[1, 0] = k0, k1
+        np.bitwise_xor(halves[:, 1::2], odd, out=even)  # (hi(w2 b) ^ w1, hi(w0 a) ^ w3)
+        even ^= key
+        odd = halves[:, 0::2]  # (lo(w2 b), lo(w0 a))
+    return even, odd
 
 
 def _lanes(seed: int, offset: int, n: int, fill):
-    """Calls ``fill(lane_words, first, stop)`` per block of counters covering elements offset..offset+n-1.
+    """Calls ``fill(even, odd, first, stop)`` per block of counters covering elements
+    offset..offset+n-1 (`philox_pairs`' words of counters first..stop-1, relative to the range's
+    first counter).
 
     Returns (first counter, lead): element j of the range is element 4 * (counter - first) + lane - lead
     of the interleaved result.
@@ -73,7 +82,7 @@ def _lanes(seed: int, offset: int, n: int, fill):
     first, last = offset >> 2, (offset + n - 1) >> 2
     for start in range(first, last + 1, _CHUNK):
         stop = min(start + _CHUNK, last + 1)
-        fill(philox4x32(np.arange(start, stop, dtype=np.uint64), seed), start - first, stop - first)
+        fill(*philox_pairs(np.arange(start, stop, dtype=np.uint64), seed), start - first, stop - first)
     return first, offset & 3
 
 
@@ -87,9 +96,9 @@ def random_words(seed: int, offset: int, n: int, device=None):
     count = ((offset + n - 1) >> 2) + 1 - (offset >> 2)
     words = np.empty((count, 4), dtype=np.uint64)
 
-    def fill(lanes, lo, hi):
-        for lane, w in enumerate(lanes):
-            words[lo:hi, lane] = w
+    def fill(even, odd, lo, hi):
+        words[lo:hi, 0::2] = even.T
+        words[lo:hi, 1::2] = odd.T
 
     _, lead = _lanes(seed, offset, n, fill)
     return torch.from_numpy(words.reshape(-1).view(np.int64)[lead:lead + n]).to(device)
@@ -109,9 +118,9 @@ def keep_bits(seed: int, offset: int, n: int, threshold: int):
     keep = np.empty((count, 4), dtype=np.int32)
     t = np.uint32(threshold)
 
-    def fill(lanes, lo, hi):
-        for lane, w in enumerate(lanes):
-            np.greater_equal(w, t, out=keep[lo:hi, lane], casting="unsafe")
+    def fill(even, odd, lo, hi):
+        np.greater_equal(even, t, out=keep[lo:hi, 0::2].T, casting="unsafe")
+        np.greater_equal(odd, t, out=keep[lo:hi, 1::2].T, casting="unsafe")
 
     _, lead = _lanes(seed, offset, n, fill)
     np.negative(keep, out=keep)
