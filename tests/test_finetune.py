@@ -224,6 +224,23 @@ def test_cpu_training_chunks_the_head_as_the_plan_counts(work, tmp_path, monkeyp
     assert plan["parts"]["logits"] == 4 * loss.training_chunk("cpu") * model.text_config()["vocab_size"]
 
 
+def test_an_fsdp_configuration_is_refused_before_anything_is_written(work, tmp_path):
+    """accelerate's FSDP switch gets one error line and exit 2 (on a CPU accelerate would
+    silently train with DDP; on GPUs rank 0 would write sharded parameters), and nothing is written."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import one_error_line
+
+    out = tmp_path / "fsdp.apr"
+    proc = subprocess.run([sys.executable, "-m", "apr_core.cli", "finetune", str(work / "base.apr"), "--method", "full",
+                           "--data", str(work / "data.jsonl"), "--max-steps", "1", "-o", str(out)],
+                          capture_output=True, text=True, env=dict(os.environ, ACCELERATE_USE_FSDP="true"))
+    assert "FSDP is not supported" in one_error_line(proc)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_adamw_takes_the_fused_kernel_where_it_can():
     from apr_core.runtime.trainer import fusable, make_optimizer
 

@@ -12,8 +12,8 @@ Around that: AdamW (torch's fused kernel where the parameters allow it; bitsandb
 paged 8-bit AdamW on CUDA), linear warmup then
 cosine decay, gradient clipping, autocast in the run's compute dtype when it is not float32,
 gradient checkpointing, periodic evaluation, a JSON log and a loss-curve PNG. Multi-process runs
-go through accelerate (``accelerate launch`` or ``torchrun``: DDP, or FSDP when accelerate is
-configured for it); only rank 0 writes.
+go through accelerate (``accelerate launch`` or ``torchrun``: DDP); only rank 0 writes. An
+accelerate FSDP configuration is refused (`refuse_fsdp` says why).
 
 Checkpoints (every ``save_steps`` optimizer steps, on Ctrl-C or SIGTERM, and at the end) hold
 the trainable parameters, the optimizer and scheduler states and the step; they are atomic
@@ -39,6 +39,22 @@ from typing import Any, Callable
 from ..errors import AprError
 
 OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw-8bit")
+
+
+def refuse_fsdp() -> None:
+    """One clear error instead of a run that would not do what was asked under an accelerate FSDP
+    configuration (``accelerate launch --use_fsdp``, ``ACCELERATE_USE_FSDP=true``).
+
+    Checkpoints and outputs are written by rank 0 from its module's parameters, which FSDP
+    shards, and gathering them (accelerate's ``get_state_dict`` on every rank, the optimizer's
+    sharded state likewise) has never run: accelerate does FSDP only on GPUs, and on a CPU it
+    silently trains with DDP instead (measured with accelerate 1.15), so it cannot be tested here.
+    """
+    import os
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise AprError("FSDP is not supported yet (checkpoints and outputs are written from rank 0's parameters, "
+                       "which FSDP shards): launch without --use_fsdp to train with DDP")
 
 
 class Interrupted(AprError):
@@ -212,6 +228,7 @@ class Trainer:
         from . import checkpoint, malloc, threads
 
         device = self.context.device
+        refuse_fsdp()
         if device.startswith("cuda"):
             torch.cuda.set_device(torch.device(device))
         acc = Accelerator(cpu=not device.startswith("cuda"))

@@ -180,7 +180,7 @@ class Full(Finetune):
     name = "full"
     method = "full"
     params = P.FULL
-    summary = "every weight trained (AdamW, float32 master weights; FSDP under accelerate for many GPUs)"
+    summary = "every weight trained (AdamW, float32 master weights; DDP under accelerate or torchrun for many processes)"
     paper = "standard full-parameter fine-tuning (Howard & Ruder 2018 onwards)"
 
     def default_format(self, destination: str) -> str | None:
