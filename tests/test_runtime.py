@@ -237,6 +237,28 @@ def test_fused_head_and_cross_entropy_match_autograd(bias, monkeypatch):
     assert not linear_ce.fusable(torch.nn.Linear(6, 40).requires_grad_(False), torch.randn(1, 5, 6), None)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_evaluation_workspace_gives_the_same_bits(dtype):
+    """Without gradients, a bias-free linear head's chunks go through buffers the caller keeps
+    (perplexity's loop): the summed loss must be bit-identical to the allocating path, call
+    after call, for several batch rows, chunks that do not divide the positions, and a mask."""
+    from apr_core.runtime.loss import next_token_loss
+
+    g = torch.Generator().manual_seed(4)
+    head = torch.nn.Linear(16, 300, bias=False).to(dtype)
+    workspace: dict = {}
+    with torch.inference_mode():
+        for rows, seq, chunk in ((2, 41, 24), (2, 41, 24), (1, 17, 512), (3, 9, 5)):
+            hidden = torch.randn(rows, seq, 16, generator=g).to(dtype)
+            ids = torch.randint(0, 300, (rows, seq), generator=g)
+            mask = torch.rand(rows, seq, generator=g) > 0.2
+            for m in (None, mask):
+                want = next_token_loss(hidden, head, ids, m, chunk=chunk)
+                got = next_token_loss(hidden, head, ids, m, chunk=chunk, workspace=workspace)
+                assert got[1] == want[1] and torch.equal(got[0], want[0])
+        assert set(workspace) == ({"logits", "logp"} if dtype == torch.float32 else {"logits", "float32", "logp"})
+
+
 # --------------------------------------------------------------------------- the layer sweep
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])

@@ -85,13 +85,13 @@ def window_nll(module, tokens, batch_size: int, context) -> tuple[float, int]:
 
     decoder = module.get_decoder()
     head = module.get_output_embeddings()
-    total, count = 0.0, 0
+    total, count, workspace = 0.0, 0, {}
     batches = range(0, tokens.shape[0], batch_size)
     with torch.inference_mode():
         for b in context.progress(batches, desc="perplexity", total=len(batches)):
             batch = tokens[b: b + batch_size].to(context.device)
             hidden = decoder(input_ids=batch).last_hidden_state
-            nll, n = next_token_loss(hidden, head, batch, softcap=softcap_of(module))
+            nll, n = next_token_loss(hidden, head, batch, softcap=softcap_of(module), workspace=workspace)
             total += float(nll)
             count += n
     return total, count
