@@ -156,45 +156,14 @@ def test_chunked_loss_equals_the_full_cross_entropy():
 
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_chunk_gradients_computed_in_the_forward_pass_are_exact(tied):
-    """The LM head's parameters named to `next_token_loss` take the in-forward gradient path;
-    hidden-state and head (and, tied, embedding) gradients must equal an unchunked loss's,
-    scaled by whatever multiplies the loss afterwards."""
-    from apr_core.runtime.loss import next_token_loss
-
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 50, (3, 29), generator=g)
-    mask = torch.rand(3, 29, generator=g) > 0.4
-
-    def grads(chunk):
-        torch.manual_seed(0)
-        emb, head = torch.nn.Embedding(50, 8), torch.nn.Linear(8, 50, bias=False)
-        if tied:
-            head.weight = emb.weight
-        hidden = torch.tanh(emb(ids))
-        if chunk is None:
-            target = torch.where(mask[:, 1:], ids[:, 1:], -100)
-            loss = torch.nn.functional.cross_entropy(head(hidden[:, :-1]).reshape(-1, 50), target.reshape(-1),
-                                                     reduction="sum")
-        else:
-            loss, count = next_token_loss(hidden, head, ids, mask, chunk=chunk)
-            assert count == int(mask[:, 1:].sum())
-        (loss * 0.25).backward()
-        return loss.detach(), emb.weight.grad, head.weight.grad
-
-    want = grads(None)
-    for chunk in (4, 30, 1000):
-        got = grads(chunk)
-        for a, b in zip(got, want):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-
-@pytest.mark.parametrize("bias", [False, True])
-def test_fused_head_and_cross_entropy_match_autograd(bias, monkeypatch):
-    """A float32 ``nn.Linear`` head in a training step takes `linear_ce` (the head and the loss
-    fused on the counted positions); its loss and the gradients of the hidden states, the head
-    and a tied embedding must equal autograd's over the full logits, for any chunk. Softcapping,
-    a bf16 head or a head that is not a plain linear keep autograd's chunked path."""
+@pytest.mark.parametrize("tied,bias,cap", [(False, False, None), (True, False, None), (True, True, None),
+                                            (False, False, 2.0), (True, False, 2.0)])
+def test_training_loss_gradients_are_exact(tied, bias, cap, monkeypatch):
+    """A training step's loss takes the fused head (`linear_ce`: a float32 ``nn.Linear``, no
+    softcapping) or, softcapped, autograd's chunks with their backward run in the forward pass.
+    Either way the loss and the gradients of the hidden states, the head and a tied embedding
+    must equal autograd's over the full logits, for any chunk, scaled by whatever multiplies the
+    loss afterwards."""
     from apr_core.runtime import linear_ce
     from apr_core.runtime.loss import next_token_loss
 
@@ -208,33 +177,42 @@ def test_fused_head_and_cross_entropy_match_autograd(bias, monkeypatch):
     def run(chunk):
         torch.manual_seed(0)
         emb, head = torch.nn.Embedding(40, 6), torch.nn.Linear(6, 40, bias=bias)
-        head.weight = emb.weight
+        if tied:
+            head.weight = emb.weight
         hidden = torch.tanh(emb(ids) * 3)
         if chunk is None:
             target = torch.where(mask[:, 1:], ids[:, 1:], -100)
-            loss = torch.nn.functional.cross_entropy(head(hidden[:, :-1]).reshape(-1, 40), target.reshape(-1),
-                                                     reduction="sum")
+            logits = head(hidden[:, :-1])
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 40), target.reshape(-1), reduction="sum")
         else:
-            loss, count = next_token_loss(hidden, head, ids, mask, chunk=chunk)
+            loss, count = next_token_loss(hidden, head, ids, mask, softcap=cap, chunk=chunk)
             assert count == int(mask[:, 1:].sum())
         hidden.retain_grad()
         (loss * 0.5).backward()
-        return [loss.detach(), hidden.grad, emb.weight.grad] + ([head.bias.grad] if bias else [])
+        return [loss.detach(), hidden.grad, emb.weight.grad, head.weight.grad] + ([head.bias.grad] if bias else [])
 
     want = run(None)
     for chunk in (1, 7, 1000):
         got = run(chunk)
-        assert calls[-1] == chunk
-        for a, b in zip(got, want):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    hidden = torch.randn(1, 5, 6, requires_grad=True)
-    for head, h, cap in ((torch.nn.Linear(6, 40), hidden, 30.0),
-                         (torch.nn.Linear(6, 40).bfloat16(), hidden.bfloat16(), None),
-                         (torch.nn.Sequential(torch.nn.Linear(6, 40)), hidden, None)):
+        assert calls == ([chunk] if cap is None else [])
         calls.clear()
-        next_token_loss(h, head, ids[:1, :5], softcap=cap)[0].float().backward()
-        assert calls == []
+        for x, y in zip(got, want):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_only_a_float32_linear_head_without_softcapping_is_fused():
+    from apr_core.runtime import linear_ce
+
+    hidden = torch.randn(1, 5, 6, requires_grad=True)
+    assert linear_ce.fusable(torch.nn.Linear(6, 40), hidden, None)
+    assert not linear_ce.fusable(torch.nn.Linear(6, 40), hidden, 30.0)
+    assert not linear_ce.fusable(torch.nn.Linear(6, 40).bfloat16(), hidden.bfloat16(), None)
+    assert not linear_ce.fusable(torch.nn.Sequential(torch.nn.Linear(6, 40)), hidden, None)
     assert not linear_ce.fusable(torch.nn.Linear(6, 40).requires_grad_(False), torch.randn(1, 5, 6), None)
+    with torch.no_grad():
+        assert not linear_ce.fusable(torch.nn.Linear(6, 40), hidden, None)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
