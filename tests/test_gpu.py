@@ -74,3 +74,28 @@ def test_triton_kernels_are_what_runs_on_cuda(monkeypatch):
     mask = sparsity.row_prune_mask(torch.rand(4, 40, device="cuda:0"), 10)
     assert calls == ["int4_quantize", "row_prune_mask"]
     assert mask.is_cuda and int(mask.sum()) == 40
+
+
+def test_fused_head_loss_runs_on_cuda_like_cpu():
+    """`linear_ce` (a float32 training step's head and loss) on CUDA: the same loss and gradients
+    as on the CPU, computed on the device."""
+    from apr_core.runtime.loss import next_token_loss
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 300, (2, 40), generator=g)
+    mask = torch.rand(2, 40, generator=g) > 0.3
+    hidden = torch.randn(2, 40, 32, generator=g)
+    weight = torch.randn(300, 32, generator=g) * 0.1
+    results = []
+    for device in ("cpu", "cuda:0"):
+        head = torch.nn.Linear(32, 300, bias=False).to(device)
+        head.weight.data.copy_(weight)
+        h = hidden.to(device).requires_grad_(True)
+        loss, _ = next_token_loss(h, head, ids.to(device), mask.to(device), chunk=16)
+        loss.backward()
+        assert loss.device.type == device.split(":")[0]
+        results.append((loss.detach().cpu(), h.grad.cpu(), head.weight.grad.cpu()))
+    (la, ga, wa), (lb, gb, wb) = results
+    torch.testing.assert_close(lb, la, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(gb, ga, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(wb, wa, rtol=1e-3, atol=1e-4)
