@@ -16,7 +16,7 @@ incoming gradient (exact, because the loss is a plain sum).
 `fusable` says when this applies (a plain ``nn.Linear`` head, float32 hidden states and
 weights, no autocast, no softcapping, gradients being recorded); `apr_core.runtime.loss.
 next_token_loss` takes this path then and autograd's otherwise, with the same result to float
-rounding (tests/test_runtime_loss.py).
+rounding (tests/test_runtime.py::test_training_loss_gradients_are_exact).
 """
 
 from __future__ import annotations

@@ -166,12 +166,12 @@ def next_token_loss(hidden, head, ids, mask=None, softcap: float | None = None, 
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum",
                                ignore_index=-100)
 
-    if workspace is not None and not softcap and not torch.is_grad_enabled() and type(head) is torch.nn.Linear \
-            and head.bias is None:
-        per_chunk = _buffered_chunk(head, workspace)
+    buffered = workspace is not None and not softcap and not torch.is_grad_enabled() \
+        and type(head) is torch.nn.Linear and head.bias is None
 
     params = list(head.parameters()) if hasattr(head, "parameters") else None
-    return chunked_loss(hidden, ids, mask, per_chunk, chunk, params=params)
+    return chunked_loss(hidden, ids, mask, _buffered_chunk(head, workspace) if buffered else per_chunk, chunk,
+                        params=params)
 
 
 def _buffered_chunk(head, workspace: dict):
