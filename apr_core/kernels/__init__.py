@@ -1,10 +1,12 @@
 """Hot-path kernels: a Triton implementation and an independent torch reference per op.
 
 Dispatch rule: a CUDA tensor with triton importable runs the Triton kernel;
-everything else runs the torch reference. ``APR_KERNELS=torch`` forces the
-reference; ``APR_KERNELS=triton`` forces Triton (with ``TRITON_INTERPRET=1``
-set before triton is imported this runs kernels on CPU, which is how the tests
-compare both on machines without a GPU).
+everything else runs the torch reference, except where an op also has a C kernel for
+CPUs (`native`: Triton has no CPU backend), which CPU tensors take when the machine can
+compile it. ``APR_KERNELS=torch`` forces the reference; ``APR_KERNELS=triton`` forces
+Triton (with ``TRITON_INTERPRET=1`` set before triton is imported this runs kernels on
+CPU, which is how the tests compare both on machines without a GPU); ``APR_NATIVE=0``
+turns the C kernels off.
 """
 
 from __future__ import annotations
