@@ -2,10 +2,68 @@
 build that falls back cleanly and leaves nothing half-written."""
 
 import pytest
+import torch
 
+from apr_core.kernels import merge as kernels
 from apr_core.kernels import native
+from apr_core.kernels.merge import cpu, reference
 
 needs_cc = pytest.mark.skipif(native.compiler() is None, reason="no C compiler on this machine")
+
+
+def _bits(t):
+    return t.view(torch.int32)
+
+
+def _delta(n, seed):
+    d = torch.randn(n, generator=torch.Generator().manual_seed(seed))
+    d[::97] = float("nan")
+    d[5::89] = float("inf")
+    d[7::83] = -0.0
+    return d
+
+
+@needs_cc
+@pytest.mark.parametrize("n,offset", [(1, 0), (3, 1), (4, 3), (37, 2), (1025, 3), (4099, 1 << 33), (20_000, 5)])
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.9, 1 - 2 ** -33])
+def test_native_dare_has_the_references_bits(n, offset, p):
+    seed = 0x1234_5678_9ABC + n
+    d = _delta(n, n)
+    ref = reference.dare_(d.clone(), p, seed, offset)
+    ours = cpu.dare_(d.clone(), reference.drop_threshold(p), reference.rescale(p), seed, offset)
+    assert torch.equal(_bits(ours), _bits(ref))
+
+
+@needs_cc
+def test_native_dare_split_over_threads_has_the_same_bits(monkeypatch):
+    monkeypatch.setattr(cpu, "_PART", 1000)
+    d = _delta(10_007, 3)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        split = cpu.dare_(d.clone(), reference.drop_threshold(0.4), reference.rescale(0.4), 77, 11)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(_bits(split), _bits(reference.dare_(d.clone(), 0.4, 77, 11)))
+
+
+@needs_cc
+def test_cpu_dare_dispatches_to_the_native_kernel_unless_told_not_to(monkeypatch):
+    d = _delta(5000, 1)
+    expect = reference.dare_(d.clone(), 0.3, 4, 8)
+
+    def refuse(*args):
+        raise AssertionError("the reference ran")
+
+    monkeypatch.setattr(reference, "dare_", refuse)
+    assert torch.equal(_bits(kernels.dare_(d.clone(), 0.3, 4, 8)), _bits(expect))
+    for env in ({"APR_NATIVE": "0"}, {"APR_KERNELS": "torch"}):
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            m.setattr(native, "_loaded", {})
+            with pytest.raises(AssertionError, match="the reference ran"):
+                kernels.dare_(d.clone(), 0.3, 4, 8)
 
 
 @needs_cc

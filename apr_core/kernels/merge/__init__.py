@@ -13,6 +13,8 @@ from a tensor's chunks, in one chunk of memory.
 
 from __future__ import annotations
 
+import os
+
 from ...errors import AprError
 from .. import use_triton
 from . import reference
@@ -35,6 +37,11 @@ def dare_(delta, p: float, seed: int, offset: int = 0):
         from . import triton as tri
 
         return tri.dare_(delta, drop_threshold(p), rescale(p), seed, offset)
+    if delta.device.type == "cpu" and os.environ.get("APR_KERNELS", "auto").lower() != "torch":
+        from . import cpu
+
+        if cpu.dare_(delta, drop_threshold(p), rescale(p), seed, offset) is not None:
+            return delta
     return reference.dare_(delta, p, seed, offset)
 
 
