@@ -92,3 +92,52 @@ def test_build_is_cached_per_source_and_a_failed_build_leaves_nothing(monkeypatc
     monkeypatch.setenv("CC", "no-such-compiler-anywhere")
     src.write_text("int apr_answer(void) { return 44; }\n")
     assert native.compiler() is None and native.library(src) is None
+
+
+def _reference_threshold(v, base, density):
+    return reference.kth_largest_magnitude(lambda: iter([v.float() - base.float()]), v.numel(), density)
+
+
+@needs_cc
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("n", [1, 5, 1000, 70_001])
+@pytest.mark.parametrize("density", [0.0, 0.2, 0.5, 1.0])
+def test_native_task_vector_threshold_is_the_references(dtype, n, density):
+    base = _delta(n, 1).to(dtype)
+    v = (base.float() + torch.randn(n, generator=torch.Generator().manual_seed(2)) * 0.1).to(dtype)
+    v[3::71] = base[3::71]  # zeros of the task vector
+    ours = cpu.kth_largest_task_vector(v, base, density)
+    ref = _reference_threshold(v, base, density)
+    assert ours == ref or (ours != ours and ref != ref)
+
+
+@needs_cc
+def test_native_task_vector_threshold_split_over_threads_and_declines_what_it_cannot_do(monkeypatch):
+    monkeypatch.setattr(cpu, "_PART", 1000)
+    base = torch.randn(20_011).bfloat16()
+    v = (base.float() + torch.randn(20_011) * 0.01).bfloat16()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        split = cpu.kth_largest_task_vector(v, base, 0.3)
+    finally:
+        torch.set_num_threads(threads)
+    assert split == _reference_threshold(v, base, 0.3)
+    assert cpu.kth_largest_task_vector(v.half(), base.half(), 0.3) is None
+    assert cpu.kth_largest_task_vector(v, base.float(), 0.3) is None
+    assert cpu.kth_largest_task_vector(v[::2], base[::2], 0.3) is None
+    assert kernels.task_vector_threshold(v.half(), base.half(), 0.3, "cpu", 4096) == \
+        _reference_threshold(v.half(), base.half(), 0.3)
+
+
+@needs_cc
+def test_task_vector_threshold_takes_the_native_kernel_on_cpus_unless_told_not_to(monkeypatch):
+    base = torch.randn(5000).bfloat16()
+    v = (base.float() + torch.randn(5000) * 0.01).bfloat16()
+    expect = _reference_threshold(v, base, 0.2)
+    calls = []
+    real = reference.kth_largest_magnitude
+    monkeypatch.setattr(kernels, "kth_largest_magnitude", lambda *a: calls.append(1) or real(*a))
+    assert kernels.task_vector_threshold(v, base, 0.2, "cpu", 1000) == expect and not calls
+    monkeypatch.setenv("APR_KERNELS", "torch")
+    assert kernels.task_vector_threshold(v, base, 0.2, "cpu", 1000) == expect and calls

@@ -92,20 +92,11 @@ class TaskVectorMerge(MergeTechnique):
     def prepare(self, plan, views, base, params, context):
         if self.sparsify != "magnitude":
             return None
-        import torch
-
-        from apr_core.kernels.merge import kth_largest_magnitude
+        from apr_core.kernels.merge import task_vector_threshold
 
         from .common import CHUNK
 
-        def task_vector(v):
-            device = context.device
-            # one float32 copy of the input chunk, the base subtracted in place (the same bits as
-            # float(v) - float(base), one temporary fewer)
-            return lambda: (v[s:s + CHUNK].to(device=device, dtype=torch.float32, copy=True)
-                            .sub_(base[s:s + CHUNK].to(device)) for s in range(0, v.numel(), CHUNK))
-
-        return [kth_largest_magnitude(task_vector(v), v.numel(), params["density"]) for v in views]
+        return [task_vector_threshold(v, base, params["density"], context.device, CHUNK) for v in views]
 
     def combine(self, chunks, base, state, start, plan, params, context):
         import torch

@@ -37,12 +37,39 @@ def dare_(delta, p: float, seed: int, offset: int = 0):
         from . import triton as tri
 
         return tri.dare_(delta, drop_threshold(p), rescale(p), seed, offset)
-    if delta.device.type == "cpu" and os.environ.get("APR_KERNELS", "auto").lower() != "torch":
+    if _native(delta.device):
         from . import cpu
 
         if cpu.dare_(delta, drop_threshold(p), rescale(p), seed, offset) is not None:
             return delta
     return reference.dare_(delta, p, seed, offset)
+
+
+def _native(device) -> bool:
+    """Whether work on ``device`` may take the C kernels (CPU tensors, unless APR_KERNELS=torch)."""
+    import torch
+
+    return torch.device(device).type == "cpu" and os.environ.get("APR_KERNELS", "auto").lower() != "torch"
+
+
+def task_vector_threshold(v, base, density: float, device, chunk: int) -> float:
+    """TIES' trim threshold for the task vector v - base (flat tensors of one length, computed in
+    float32 on ``device``, ``chunk`` elements at a time): its `kth_largest_magnitude`."""
+    import torch
+
+    if _native(device):
+        from . import cpu
+
+        found = cpu.kth_largest_task_vector(v, base, density)
+        if found is not None:
+            return found
+
+    def chunks():
+        # one float32 copy of each input chunk, the base subtracted in place: float(v) - float(base)
+        return (v[s:s + chunk].to(device=device, dtype=torch.float32, copy=True).sub_(base[s:s + chunk].to(device))
+                for s in range(0, v.numel(), chunk))
+
+    return kth_largest_magnitude(chunks, v.numel(), density)
 
 
 def ties_combine(deltas, thresholds, weights, normalize: bool = True):

@@ -160,20 +160,11 @@ def dare_(delta, p: float, seed: int, offset: int = 0):
 def kth_largest_magnitude(chunks, n: int, density: float) -> float:
     """Exact k-th largest |x| over the float tensors ``chunks()`` yields (``n`` elements in all).
 
-    A two-pass radix select on the float32 bit patterns, which order like the values for
-    non-negative floats: count the upper 16 bits, find the bucket holding the k-th largest,
-    then count the lower 16 bits inside it. Memory is one chunk, whatever ``n`` is, so a
-    tensor's task vector never has to exist in full. ``chunks`` is called twice.
-
-    k = max(1, floor(density * n)), mergekit's count; TIES keeps every |x| >= the result.
+    `radix_select` over histograms of the chunks' float32 bit patterns. Memory is one chunk,
+    whatever ``n`` is, so a tensor's task vector never has to exist in full. ``chunks`` is called
+    twice.
     """
     import torch
-
-    if n == 0:
-        return math.inf
-    k = min(n, max(1, math.floor(density * n)))
-    if k == n:
-        return 0.0
 
     buffer = None
 
@@ -185,18 +176,41 @@ def kth_largest_magnitude(chunks, n: int, density: float) -> float:
             buffer = torch.empty(chunk.numel(), dtype=torch.float32, device=chunk.device)
         return torch.abs(chunk.float(), out=buffer[:chunk.numel()]).view(torch.int32)
 
-    high = torch.zeros(1 << 16, dtype=torch.int64)
-    for chunk in chunks():
-        high += torch.bincount(bits(chunk).bitwise_right_shift_(16), minlength=1 << 16).cpu()
-    bucket, rank = _from_top(high, k)
-    # Bin 1 + the low 16 bits for the bucket's elements, 0 below it, 2**16 + 1 above: a clamp
-    # instead of selecting the bucket's elements, which costs several times more.
-    low = torch.zeros((1 << 16) + 2, dtype=torch.int64)
-    for chunk in chunks():
-        b = bits(chunk).sub_(bucket << 16).clamp_(-1, 1 << 16).add_(1)
-        low += torch.bincount(b, minlength=(1 << 16) + 2).cpu()
-    low = low[1:-1]
-    sub, _ = _from_top(low, rank)
+    def count(bucket):
+        if bucket is None:
+            high = torch.zeros(1 << 16, dtype=torch.int64)
+            for chunk in chunks():
+                high += torch.bincount(bits(chunk).bitwise_right_shift_(16), minlength=1 << 16).cpu()
+            return high
+        # Bin 1 + the low 16 bits for the bucket's elements, 0 below it, 2**16 + 1 above: a clamp
+        # instead of selecting the bucket's elements, which costs several times more.
+        low = torch.zeros((1 << 16) + 2, dtype=torch.int64)
+        for chunk in chunks():
+            b = bits(chunk).sub_(bucket << 16).clamp_(-1, 1 << 16).add_(1)
+            low += torch.bincount(b, minlength=(1 << 16) + 2).cpu()
+        return low[1:-1]
+
+    return radix_select(count, n, density)
+
+
+def radix_select(count, n: int, density: float) -> float:
+    """The k-th largest of ``n`` non-negative float32 values, from two histograms of their bits.
+
+    Non-negative floats order like their bit patterns, so a two-pass radix select finds it:
+    ``count(None)`` gives the (int64, 2**16) counts of the upper 16 bits, and ``count(bucket)``
+    the counts of the lower 16 bits among the values whose upper bits are ``bucket``.
+
+    k = max(1, floor(density * n)), mergekit's count; TIES keeps every |x| >= the result.
+    """
+    import torch
+
+    if n == 0:
+        return math.inf
+    k = min(n, max(1, math.floor(density * n)))
+    if k == n:
+        return 0.0
+    bucket, rank = _from_top(count(None), k)
+    sub, _ = _from_top(count(bucket), rank)
     return float(torch.tensor([(bucket << 16) | sub], dtype=torch.int32).view(torch.float32))
 
 
