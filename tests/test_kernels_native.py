@@ -141,3 +141,57 @@ def test_task_vector_threshold_takes_the_native_kernel_on_cpus_unless_told_not_t
     assert kernels.task_vector_threshold(v, base, 0.2, "cpu", 1000) == expect and not calls
     monkeypatch.setenv("APR_KERNELS", "torch")
     assert kernels.task_vector_threshold(v, base, 0.2, "cpu", 1000) == expect and calls
+
+
+def _ties_inputs(k, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    d = torch.randn(k, n, generator=g) * 0.01
+    d[:, ::13] = 0.0
+    d[0, 1::17] = -0.0
+    d[:, 2::19] = -d[:, 2::19].roll(1, 0)  # exact cancellations in the weighted total
+    return d
+
+
+@needs_cc
+@pytest.mark.parametrize("k,n", [(1, 7), (2, 1000), (3, 4099), (5, 257)])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_native_ties_has_the_definitions_bits(k, n, normalize):
+    d = _ties_inputs(k, n, k * n)
+    thresholds = [float(reference.kth_largest_magnitude(lambda r=r: iter([r]), n, 0.3)) for r in d]
+    for weights in ([1.0] * k, [0.7, 0.3, 1.5, 0.0, 2.0][:k], [-0.5, 1.0, 0.25, 3.0, 1.0][:k]):
+        expect = reference._ties_block_where(d, thresholds, [torch.tensor(w) for w in weights], normalize)
+        ours = cpu.ties_combine(d, thresholds, weights, normalize)
+        assert torch.equal(_bits(ours), _bits(expect)), weights
+        assert torch.equal(_bits(ours), _bits(reference.ties_combine(d, thresholds, weights, normalize)))
+
+
+@needs_cc
+def test_native_ties_with_non_finite_values_and_a_split_over_threads(monkeypatch):
+    d = _ties_inputs(3, 5003, 9)
+    d[0, ::31] = float("nan")
+    d[1, 3::37] = float("inf")
+    d[2, 3::37] = -float("inf")
+    d[2, 5::41] = float("-inf")
+    thresholds, weights = [0.0, torch.tensor(0.004).item(), float("inf")], [1.0, float("inf"), 0.5]
+    expect = reference._ties_block_where(d, thresholds, [torch.tensor(w) for w in weights], True)
+    monkeypatch.setattr(cpu, "_PART", 1000)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        ours = cpu.ties_combine(d, thresholds, weights, True)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(_bits(ours), _bits(expect))
+    assert cpu.ties_combine(d, [0.1, 0.0, 0.0], weights, True) is None  # 0.1 is not a float32
+    assert cpu.ties_combine(d[:, ::2], [0.0] * 3, weights, True) is None
+
+
+@needs_cc
+def test_ties_combine_takes_the_native_kernel_on_cpus_unless_told_not_to(monkeypatch):
+    d = _ties_inputs(2, 3000, 5)
+    expect = reference.ties_combine(d, [0.0, 0.0], [1.0, 1.0], True)
+    monkeypatch.setattr(reference, "ties_combine", lambda *a: (_ for _ in ()).throw(AssertionError("reference")))
+    assert torch.equal(_bits(kernels.ties_combine(d, [0.0, 0.0], [1.0, 1.0])), _bits(expect))
+    monkeypatch.setenv("APR_KERNELS", "torch")
+    with pytest.raises(AssertionError, match="reference"):
+        kernels.ties_combine(d, [0.0, 0.0], [1.0, 1.0])

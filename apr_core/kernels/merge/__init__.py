@@ -84,4 +84,10 @@ def ties_combine(deltas, thresholds, weights, normalize: bool = True):
         from . import triton as tri
 
         return tri.ties_combine(deltas, thresholds, weights, normalize)
+    if _native(deltas.device):
+        from . import cpu
+
+        out = cpu.ties_combine(deltas, thresholds, weights, normalize)
+        if out is not None:
+            return out
     return reference.ties_combine(deltas, thresholds, weights, normalize)

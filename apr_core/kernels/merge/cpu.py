@@ -1,8 +1,9 @@
-"""Merge kernels on CPU tensors through C (dare.c, magnitude.c; see apr_core/kernels/native.py).
+"""Merge kernels on CPU tensors through C (dare.c, magnitude.c, ties.c; see
+apr_core/kernels/native.py).
 
 Bit-identical to the references (tests/test_kernels_native.py compares them) and several times
 faster where a whole-array numpy or torch formulation pays for every intermediate: DARE's Philox
-stream, and the magnitude histograms of TIES' trim threshold. Both work element by element
+stream, the magnitude histograms of TIES' trim threshold, and TIES' combination. Both work element by element
 (the stream is counter-based), so a long tensor is split into contiguous parts, one per torch
 thread, that run at the same time (ctypes releases the GIL). Each function returns None where
 the kernel cannot be built; the caller then runs the reference.
@@ -24,6 +25,7 @@ _SIGNATURES = {
     "apr_dare_f32": [_ptr, _u64, _u64, _u64, _u64, ctypes.c_float],
     "apr_magnitude_hist_bf16": [_ptr, _ptr, _u64, ctypes.c_int64, _ptr],
     "apr_magnitude_hist_f32": [_ptr, _ptr, _u64, ctypes.c_int64, _ptr],
+    "apr_ties_f32": [_ptr, _u64, _u64, ctypes.c_int64, _ptr, _ptr, ctypes.c_int, _ptr],
 }
 
 
@@ -91,3 +93,30 @@ def kth_largest_task_vector(v, base, density: float):
         return total if bucket is None else total[1:-1]
 
     return radix_select(count, v.numel(), density)
+
+
+def ties_combine(deltas, thresholds, weights, normalize: bool):
+    """``reference.ties_combine`` of a contiguous (K, n) float32 CPU tensor; None when the kernel
+    cannot be built or a threshold is not a float32 value."""
+    import numpy as np
+    import torch
+
+    k, n = deltas.shape
+    if deltas.device.type != "cpu" or not deltas.is_contiguous() or k == 0:
+        return None
+    if any(float(np.float32(t)) != float(t) for t in thresholds):
+        return None  # torch compares in float32; a threshold between two floats is left to it
+    fn = _kernel("ties.c", "apr_ties_f32")
+    if fn is None:
+        return None
+    t = torch.tensor([float(x) for x in thresholds], dtype=torch.float32)
+    w = torch.tensor([float(x) for x in weights], dtype=torch.float32)
+    out = torch.empty(n, dtype=torch.float32)
+
+    def run(lo, hi):
+        # rows keep their stride n: the part starts lo elements into row 0
+        fn(deltas.data_ptr() + 4 * lo, hi - lo, n, k, t.data_ptr(), w.data_ptr(), int(normalize),
+           out.data_ptr() + 4 * lo)
+
+    _parts(n, run)
+    return out
