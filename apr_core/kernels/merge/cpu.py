@@ -20,12 +20,13 @@ from .. import native
 _HERE = Path(__file__).parent
 _PART = 1 << 20  # elements below which one thread does the whole tensor
 _pool: ThreadPoolExecutor | None = None
+_pool_size = 0
 _u64, _ptr = ctypes.c_uint64, ctypes.c_void_p
-_SIGNATURES = {
-    "apr_dare_f32": [_ptr, _u64, _u64, _u64, _u64, ctypes.c_float],
-    "apr_magnitude_hist_bf16": [_ptr, _ptr, _u64, ctypes.c_int64, _ptr],
-    "apr_magnitude_hist_f32": [_ptr, _ptr, _u64, ctypes.c_int64, _ptr],
-    "apr_ties_f32": [_ptr, _u64, _u64, ctypes.c_int64, _ptr, _ptr, ctypes.c_int, _ptr],
+_SIGNATURES = {  # name: (argument types, result type)
+    "apr_dare_f32": ([_ptr, _u64, _u64, _u64, _u64, ctypes.c_float], None),
+    "apr_magnitude_hist_bf16": ([_ptr, _ptr, _u64, ctypes.c_int64, _ptr], ctypes.c_int),
+    "apr_magnitude_hist_f32": ([_ptr, _ptr, _u64, ctypes.c_int64, _ptr], ctypes.c_int),
+    "apr_ties_f32": ([_ptr, _u64, _u64, ctypes.c_int64, _ptr, _ptr, ctypes.c_int, _ptr], None),
 }
 
 
@@ -35,7 +36,7 @@ def _kernel(source: str, name: str):
         return None
     fn = getattr(lib, name)
     if fn.argtypes is None:
-        fn.argtypes, fn.restype = _SIGNATURES[name], (ctypes.c_int if "hist" in name else None)
+        fn.argtypes, fn.restype = _SIGNATURES[name]
     return fn
 
 
@@ -43,12 +44,12 @@ def _parts(n: int, run) -> list:
     """``run(lo, hi)`` over contiguous parts of range(n), one per torch thread, concurrently."""
     import torch
 
-    global _pool
+    global _pool, _pool_size
     parts = max(1, min(torch.get_num_threads(), n // _PART))
     if parts == 1:
         return [run(0, n)]
-    if _pool is None or _pool._max_workers < parts:
-        _pool = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="apr-merge")
+    if _pool_size < parts:
+        _pool, _pool_size = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="apr-merge"), parts
     bounds = [n * i // parts for i in range(parts + 1)]
     return [job.result() for job in [_pool.submit(run, lo, hi) for lo, hi in zip(bounds, bounds[1:])]]
 
