@@ -8,7 +8,9 @@ same mask as in one piece, and CPU (reference) and GPU (Triton) drop the same
 entries. ``ties_combine(deltas, thresholds, weights, normalize)`` is TIES'
 trim / elect sign / disjoint mean over stacked task vectors (Yadav et al.
 2023). ``kth_largest_magnitude(chunks, n, density)`` gives the trim threshold
-from a tensor's chunks, in one chunk of memory.
+from a tensor's chunks, in one chunk of memory; ``task_vector_threshold(v, base, ...)`` is that
+threshold for the task vector v - base. On CPUs all three take the C kernels of cpu.py where the
+machine can build them (same bits as the references).
 """
 
 from __future__ import annotations
