@@ -44,7 +44,9 @@ def _context(quiet: bool = False, seed: int = 0, device: str | None = None, dtyp
     """The run's settings: this command's --device/--dtype, else the group's (``apr --device``),
     else ``APR_DEVICE`` / auto."""
     from .runtime.device import canonical_dtype, resolve_device
+    from .runtime.startup import import_torch
 
+    import_torch()  # every technique needs it; imported here with the collector paused
     root = click.get_current_context(silent=True)
     group = (root.find_root().obj or {}) if root is not None else {}
     device = resolve_device(device if device is not None else group.get("device"))

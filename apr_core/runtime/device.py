@@ -12,6 +12,7 @@ import os
 import re
 
 from ..errors import AprError
+from .startup import import_torch
 
 ENV = "APR_DEVICE"
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -35,7 +36,7 @@ def resolve_device(spec: str | None = None) -> str:
     value = requested_device(spec)
     if value == "cpu":
         return "cpu"
-    import torch
+    torch = import_torch()
 
     if value == "auto":
         return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
