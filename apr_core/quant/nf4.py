@@ -23,20 +23,16 @@ NF4_LEVELS = (
 )
 
 
-def _bitsandbytes():
-    import logging
+def bitsandbytes_functional():
+    """``bitsandbytes.functional``, imported quietly, or an `AprError` naming the extra to install."""
+    from apr_core.runtime.startup import quiet_bitsandbytes
 
-    # bitsandbytes logs a warning about optional matmul kernels on import; we only quantize
-    log = logging.getLogger("bitsandbytes")
-    level = log.level
-    log.setLevel(logging.ERROR)
     try:
-        import bitsandbytes.functional as F
+        with quiet_bitsandbytes():  # we only quantize: its optional matmul kernels do not matter
+            import bitsandbytes.functional as F
     except Exception as exc:  # ImportError, or a backend that fails to initialise
         raise AprError(f"nf4 needs bitsandbytes with a backend for this machine "
                        f"(pip install 'apr[quant]'): {str(exc).splitlines()[0][:120]}") from None
-    finally:
-        log.setLevel(level)
     return F
 
 
@@ -46,7 +42,7 @@ class NF4(Codec):
     def encode_rows(self, x):
         import torch
 
-        F = _bitsandbytes()
+        F = bitsandbytes_functional()
         try:
             packed, state = F.quantize_4bit(x.reshape(-1), blocksize=64, quant_type="nf4")
         except Exception as exc:

@@ -1,4 +1,6 @@
-"""Importing torch at a command's start without paying the garbage collector for it.
+"""Importing torch and bitsandbytes at a command's start without paying for it.
+
+torch costs the garbage collector; bitsandbytes costs log lines (`quiet_bitsandbytes`).
 
 ``import torch`` leaves about 158,000 objects the collector tracks (8,000 before it). With the
 collector on, CPython runs full collections as they pile up during the import, and its final
@@ -12,7 +14,9 @@ before; only garbage that existed at the moment of the freeze is kept (a few hun
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import logging
 import sys
 
 
@@ -29,3 +33,25 @@ def import_torch():
         if enabled:
             gc.enable()
     return torch
+
+
+# bitsandbytes' import logs about optional kernels: its CPU backend, on a CPU with AVX512-BF16, asks
+# the HF `kernels` package for a hub-hosted matmul kernel, and `kernels` warns that it cannot check
+# the publisher offline before bitsandbytes warns that the kernel did not load. Neither line says
+# anything about the run, and they would turn a user error into three lines of stderr.
+_IMPORT_CHATTER = ("bitsandbytes", "kernels")
+
+
+@contextlib.contextmanager
+def quiet_bitsandbytes():
+    """Warnings (not errors) of bitsandbytes and of HF ``kernels`` silenced for the block: wrap
+    whatever may import bitsandbytes (peft does) or make it repack weights."""
+    loggers = [logging.getLogger(name) for name in _IMPORT_CHATTER]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)

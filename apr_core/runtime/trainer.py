@@ -159,7 +159,10 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float, device: st
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fusable(params) or None)
     if not device.startswith("cuda"):
         raise AprError(f"--optimizer {name} needs CUDA (bitsandbytes' 8-bit optimizers); use adamw on the CPU")
-    import bitsandbytes as bnb
+    from .startup import quiet_bitsandbytes
+
+    with quiet_bitsandbytes():
+        import bitsandbytes as bnb
 
     cls = bnb.optim.PagedAdamW8bit if name == "paged-adamw-8bit" else bnb.optim.AdamW8bit
     return cls(params, lr=lr, weight_decay=weight_decay)

@@ -191,7 +191,9 @@ def merged(model: Model, adapter: LoraAdapter, where: str = "the adapter") -> Mo
 def nf4_roundtrip(w, settings: dict[str, Any]):
     """``w`` quantized to NF4 as QLoRA's base was (bitsandbytes, same block size and double
     quantization) and dequantized to float32: the weights the adapter was trained against."""
-    import bitsandbytes.functional as F
+    from apr_core.quant.nf4 import bitsandbytes_functional
+
+    F = bitsandbytes_functional()
 
     device = w.device
     packed, state = F.quantize_4bit(w.contiguous(), blocksize=int(settings.get("blocksize", 64)), quant_type="nf4",
@@ -201,7 +203,10 @@ def nf4_roundtrip(w, settings: dict[str, Any]):
 
 def write_adapter(adapter: LoraAdapter, directory: str | Path, progress=None) -> str:
     """Write ``adapter`` as a peft adapter directory, atomically (staged, then renamed)."""
-    from peft import LoraConfig
+    from apr_core.runtime.startup import quiet_bitsandbytes
+
+    with quiet_bitsandbytes():
+        from peft import LoraConfig
 
     from apr_core.atomic import atomic_dir
     from apr_core.formats.safetensors import write_safetensors

@@ -222,7 +222,7 @@ def _process_rss() -> int:
 
         with warnings.catch_warnings():  # what a training process imports, so its memory is counted
             warnings.simplefilter("ignore")
-            from .modules import quiet_bitsandbytes
+            from apr_core.runtime.startup import quiet_bitsandbytes
 
             with quiet_bitsandbytes():
                 import accelerate  # noqa: F401

@@ -15,14 +15,13 @@ the answer tokens and their count, with the LM head and cross-entropy chunked
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from typing import Any
 
 import torch
 from torch import nn
 
 from apr_core.errors import AprError
+from apr_core.runtime.startup import quiet_bitsandbytes
 
 
 class CausalLMLoss(nn.Module):
@@ -38,18 +37,6 @@ class CausalLMLoss(nn.Module):
         hidden = self.lm.get_decoder()(input_ids=ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         return next_token_loss(hidden, self.lm.get_output_embeddings(), ids, target_mask, softcap_of(self.lm),
                                training_chunk(hidden.device.type))
-
-
-@contextlib.contextmanager
-def quiet_bitsandbytes():
-    """bitsandbytes logs optional-kernel warnings on import that say nothing about this run."""
-    log = logging.getLogger("bitsandbytes")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def nf4_model(model, device: str, compute_dtype: str, double_quant: bool, blocksize: int = 64):

@@ -34,9 +34,9 @@ from .common import QuantScheme
 
 
 def _needs_bitsandbytes() -> None:
-    from apr_core.quant.nf4 import _bitsandbytes
+    from apr_core.quant.nf4 import bitsandbytes_functional
 
-    _bitsandbytes()  # fail before loading anything when bitsandbytes is unusable
+    bitsandbytes_functional()  # fail before loading anything when bitsandbytes is unusable
 
 
 @dataclass(frozen=True)
