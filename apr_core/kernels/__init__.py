@@ -26,3 +26,11 @@ def use_triton(*tensors) -> bool:
     if mode == "triton":
         return True
     return all(t.is_cuda for t in tensors)
+
+
+def use_native(device) -> bool:
+    """Whether work on ``device`` may take the C kernels (CPU tensors, unless APR_KERNELS=torch;
+    `native.library` then says whether they could be built)."""
+    import torch
+
+    return torch.device(device).type == "cpu" and os.environ.get("APR_KERNELS", "auto").lower() != "torch"

@@ -92,3 +92,15 @@ def library(source: Path) -> ctypes.CDLL | None:
             except OSError:
                 _loaded[source] = None
         return _loaded[source]
+
+
+def function(source: Path, name: str, argtypes: list, restype):
+    """Function ``name`` of the compiled ``source`` with its ctypes signature; None where
+    `library` gives None."""
+    lib = library(source)
+    if lib is None:
+        return None
+    fn = getattr(lib, name)
+    if fn.argtypes is None:
+        fn.argtypes, fn.restype = argtypes, restype
+    return fn

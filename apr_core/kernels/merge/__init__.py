@@ -15,10 +15,8 @@ machine can build them (same bits as the references).
 
 from __future__ import annotations
 
-import os
-
 from ...errors import AprError
-from .. import use_triton
+from .. import use_native, use_triton
 from . import reference
 from .reference import drop_threshold, kth_largest_magnitude, rescale  # noqa: F401
 
@@ -39,7 +37,7 @@ def dare_(delta, p: float, seed: int, offset: int = 0):
         from . import triton as tri
 
         return tri.dare_(delta, drop_threshold(p), rescale(p), seed, offset)
-    if _native(delta.device):
+    if use_native(delta.device):
         from . import cpu
 
         if cpu.dare_(delta, drop_threshold(p), rescale(p), seed, offset) is not None:
@@ -47,19 +45,12 @@ def dare_(delta, p: float, seed: int, offset: int = 0):
     return reference.dare_(delta, p, seed, offset)
 
 
-def _native(device) -> bool:
-    """Whether work on ``device`` may take the C kernels (CPU tensors, unless APR_KERNELS=torch)."""
-    import torch
-
-    return torch.device(device).type == "cpu" and os.environ.get("APR_KERNELS", "auto").lower() != "torch"
-
-
 def task_vector_threshold(v, base, density: float, device, chunk: int) -> float:
     """TIES' trim threshold for the task vector v - base (flat tensors of one length, computed in
     float32 on ``device``, ``chunk`` elements at a time): its `kth_largest_magnitude`."""
     import torch
 
-    if _native(device):
+    if use_native(device):
         from . import cpu
 
         found = cpu.kth_largest_task_vector(v, base, density)
@@ -86,7 +77,7 @@ def ties_combine(deltas, thresholds, weights, normalize: bool = True):
         from . import triton as tri
 
         return tri.ties_combine(deltas, thresholds, weights, normalize)
-    if _native(deltas.device):
+    if use_native(deltas.device):
         from . import cpu
 
         out = cpu.ties_combine(deltas, thresholds, weights, normalize)

@@ -31,13 +31,7 @@ _SIGNATURES = {  # name: (argument types, result type)
 
 
 def _kernel(source: str, name: str):
-    lib = native.library(_HERE / source)
-    if lib is None:
-        return None
-    fn = getattr(lib, name)
-    if fn.argtypes is None:
-        fn.argtypes, fn.restype = _SIGNATURES[name]
-    return fn
+    return native.function(_HERE / source, name, *_SIGNATURES[name])
 
 
 def _parts(n: int, run) -> list:
