@@ -195,3 +195,63 @@ def test_ties_combine_takes_the_native_kernel_on_cpus_unless_told_not_to(monkeyp
     monkeypatch.setenv("APR_KERNELS", "torch")
     with pytest.raises(AssertionError, match="reference"):
         kernels.ties_combine(d, [0.0, 0.0], [1.0, 1.0])
+
+
+# -- Q8_0 (apr_core/kernels/quant/q8_0.c) ------------------------------------------------------
+
+def _q8_blocks(blocks, seed):
+    """Blocks over the whole float32 range: exact halves, zeros, -0, subnormals, near-overflow."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(blocks, 32, generator=g) * torch.logspace(-44, 37, blocks)[:, None]
+    x[0] = torch.arange(32) - 15.5  # amax 16.5: id = 127 / 16.5, several products near halves
+    x[1, :4] = torch.tensor([127.0, 0.5, 1.5, -2.5])  # d = 1, id = 1: halves round away from zero
+    x[1, 4:] = 0
+    if blocks > 3:
+        x[2], x[3] = 0.0, -0.0
+    if blocks > 5:
+        x[4], x[5] = 1e-45, torch.finfo(torch.float32).max
+    return x
+
+
+@needs_cc
+@pytest.mark.parametrize("blocks", [2, 15, 16, 17, 33, 4099])  # whole, partial and single groups of 16
+def test_native_q8_0_has_the_references_bits(blocks):
+    from apr_core.kernels.quant.cpu import q8_0_encode
+    from apr_core.quant.ggml import Q8_0
+
+    x = _q8_blocks(blocks, blocks)
+    ours = q8_0_encode(x.clone())
+    assert ours is not None and torch.equal(ours, Q8_0().encode_rows(x.clone()))
+    assert ours[1, 2:6].view(torch.int8).tolist() == [127, 1, 2, -3]
+
+
+@needs_cc
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_q8_0_blocks_with_non_finite_values_take_the_reference(bad, monkeypatch):
+    from apr_core.kernels.quant.cpu import q8_0_encode
+    from apr_core.quant.ggml import Q8_0
+
+    x = _q8_blocks(40, 1)
+    x[39, 5] = bad  # the last block of the last (partial) group of 16
+    assert q8_0_encode(x.clone()) is None
+    assert torch.equal(Q8_0().encode(x.clone()), Q8_0().encode_rows(x.clone()))
+    x[39, 5] = 1.0
+    for other in (x[:, ::2], x.reshape(-1)[16:], x.double()):  # not contiguous 32-blocks of float32
+        assert q8_0_encode(other) is None
+
+
+@needs_cc
+def test_q8_0_quantize_takes_the_native_kernel_on_cpus_unless_told_not_to(monkeypatch):
+    from apr_core.quant.ggml import Q8_0
+
+    w = torch.randn(96, 256)
+    expect = Q8_0().quantize(w)
+    monkeypatch.setattr(Q8_0, "encode_rows", lambda self, x: (_ for _ in ()).throw(AssertionError("reference")))
+    assert torch.equal(Q8_0().quantize(w), expect)
+    for env in ({"APR_NATIVE": "0"}, {"APR_KERNELS": "torch"}):
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            m.setattr(native, "_loaded", {})
+            with pytest.raises(AssertionError, match="reference"):
+                Q8_0().quantize(w)

@@ -1,9 +1,10 @@
-"""Quantization kernels: AprQ4 quantize/dequantize and Q4_K dequantize, Triton or torch.
+"""Quantization kernels: AprQ4 quantize/dequantize and Q4_K dequantize, Triton or torch; Q8_0 in C.
 
 ``dequantize(raw, dtype, shape)`` is what `QuantLinear` calls for every
 matmul; on CUDA with triton installed AprQ4 and Q4_K run a Triton kernel,
 everything else (and every other dtype) the torch codec. The dispatch rule is
-apr_core.kernels.use_triton.
+apr_core.kernels.use_triton. Q8_0's encoding on CPU tensors takes a C kernel (cpu.py, q8_0.c:
+`Q8_0.encode` dispatches with apr_core.kernels.use_native).
 """
 
 from __future__ import annotations
