@@ -112,6 +112,30 @@ def test_one_thread_restores_the_count_across_threads():
     assert torch.get_num_threads() == before
 
 
+def test_tokenizer_checks_are_remembered_for_the_same_bytes_only(tmp_path, monkeypatch):
+    """A tokenizer that passed is not parsed again; changed bytes are, and a failure is never
+    remembered (each load of bad bytes gets its error)."""
+    from apr_core import validate
+
+    monkeypatch.setenv("APR_CACHE", str(tmp_path / "cache"))
+    files = dict(tiny_model("llama", 0).tokenizer)
+    assert "tokenizer.json" in files
+    validate.check_tokenizer(files, "good")  # checked and remembered
+    checked = []
+    real = validate._check_tokenizer_files
+    monkeypatch.setattr(validate, "_check_tokenizer_files", lambda f, w: checked.append(w) or real(f, w))
+    validate.check_tokenizer(dict(files), "again")
+    assert checked == []
+    bad = dict(files, **{"tokenizer.json": b"{garbage"})
+    for attempt in range(2):
+        with pytest.raises(AprError, match="tokenizer.json is not valid JSON"):
+            validate.check_tokenizer(bad, "bad")
+    assert checked == ["bad", "bad"]
+    monkeypatch.setattr(validate, "TOKENIZER_CHECKS", validate.TOKENIZER_CHECKS + 1)  # new checks: parsed again
+    validate.check_tokenizer(files, "new checks")
+    assert checked[-1] == "new checks"
+
+
 def test_memo_stores_class_tensors_not_verdicts(tmp_path, monkeypatch):
     """A warm memo still refuses a model whose tensors do not fit its config, and a damaged
     entry is recomputed."""
