@@ -456,7 +456,12 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    if argv is None:  # this process's own command line: skip the interpreter's teardown
+        from .runtime.shutdown import exit_now
+
+        exit_now(code)
+    sys.exit(code)
 
 
 def _catch_sigterm():
