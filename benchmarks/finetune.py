@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, measure  # noqa: E402
+from harness import ROOT, child_env, measure  # noqa: E402
 
 sys.path.pop(0)  # else benchmarks/kernels.py shadows the `kernels` package bitsandbytes imports for QLoRA
 
@@ -40,13 +39,13 @@ LR = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
 
 def run_measured(cmd: list[str]) -> tuple[str, int]:
     """(stdout, peak RSS bytes) of ``cmd`` in a fresh process."""
-    got = measure(cmd, env=dict(os.environ, APR_QUIET="1", TOKENIZERS_PARALLELISM="false"))
+    got = measure(cmd, env=child_env(APR_QUIET="1", TOKENIZERS_PARALLELISM="false"))
     return got["stdout"], got["peak_rss"]
 
 
 def apr(*args: str) -> dict:
     proc = subprocess.run([sys.executable, "-m", "apr_core.cli", *args], capture_output=True, text=True,
-                          env=dict(os.environ, APR_QUIET="1"))
+                          env=child_env(APR_QUIET="1"))
     if proc.returncode != 0:
         raise SystemExit(f"apr {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {}

@@ -39,6 +39,11 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import child_env  # noqa: E402
+
+sys.path.pop(0)
+
 STRATEGIES = [
     ("average", []),
     ("weighted", ["--weights", "0.7,0.3"]),
@@ -195,7 +200,7 @@ def main() -> None:
         hf = {k: mergekit_peer.write_hf_dir(paths[k], out / "hf" / k) for k in paths}
         peer = {"exe": exe, "hf": hf, "version": mergekit_peer.version(venv)}
     size = paths["a"].stat().st_size
-    env = dict(os.environ, APR_QUIET="1", OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    env = child_env(APR_QUIET="1", OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     floor_cmd = [sys.executable, "-c", FLOOR, str(out / "a.safetensors"), str(out / "floor.safetensors")]
     floors = [measure(floor_cmd, env)]
     rows = []

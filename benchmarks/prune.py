@@ -24,6 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import child_env  # noqa: E402
+
+sys.path.pop(0)
+
 VARIANTS = [
     ("dense", None, []),
     ("magnitude 50%", "magnitude", ["--target-ratio", "0.5"]),
@@ -46,7 +51,7 @@ STRUCTURAL = {"structured", "depth", "width"}
 
 def apr(*args: str) -> dict:
     proc = subprocess.run([sys.executable, "-m", "apr_core.cli", *args, "--json"], capture_output=True, text=True,
-                          env=dict(os.environ, APR_QUIET="1"))
+                          env=child_env(APR_QUIET="1"))
     if proc.returncode != 0:
         raise SystemExit(f"apr {' '.join(args)} failed:\n{proc.stderr}")
     return json.loads(proc.stdout)

@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, peer_python  # noqa: E402
+from harness import ROOT, child_env, peer_python  # noqa: E402
 
 PEER_SCRIPT = ROOT / "benchmarks" / "peers" / "prune_llmcompressor.py"
 PEER_PACKAGES = ["llmcompressor==0.14.0.1"]
@@ -46,7 +46,7 @@ def measured(cmd: list[str], log: Path) -> dict:
     """Run ``cmd`` in a fresh process: stdout, wall seconds, CPU seconds and peak RSS (MB)."""
     import time
 
-    env = dict(os.environ, APR_QUIET="1", TOKENIZERS_PARALLELISM="false")
+    env = child_env(APR_QUIET="1", TOKENIZERS_PARALLELISM="false")
     start = time.perf_counter()
     with log.open("w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
@@ -61,7 +61,7 @@ def measured(cmd: list[str], log: Path) -> dict:
 
 def apr(*args: str) -> dict:
     proc = subprocess.run([sys.executable, "-m", "apr_core.cli", *args, "--json"], capture_output=True,
-                          text=True, env=dict(os.environ, APR_QUIET="1"))
+                          text=True, env=child_env(APR_QUIET="1"))
     if proc.returncode != 0:
         raise SystemExit(f"apr {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout)

@@ -24,6 +24,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quantize_speed import APR_SCHEME, PEER, measured  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import child_env  # noqa: E402
+
+sys.path.pop(0)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -35,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     hf = out / (Path(args.model).stem + "-hf")
-    env = dict(os.environ, APR_QUIET="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+    env = child_env(APR_QUIET="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                APR_CACHE=str(out / "apr-cache"))
     tools = {"before": [args.before_apr], "after": [sys.executable, "-m", "apr_core.cli"]}
     runs = []

@@ -41,6 +41,11 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import child_env  # noqa: E402
+
+sys.path.pop(0)
+
 ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT / "benchmarks" / "peers" / "gguf_quantize.py"
 APR_SCHEME = {"Q8_0": "q8_0", "Q4_0": "int4"}
@@ -100,7 +105,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, APR_QUIET="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = child_env(APR_QUIET="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     apr = [sys.executable, "-m", "apr_core.cli"]
     hf = out / (Path(args.model).stem + "-hf")
     if not hf.is_dir():
