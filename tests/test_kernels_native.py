@@ -57,13 +57,17 @@ def test_cpu_dare_dispatches_to_the_native_kernel_unless_told_not_to(monkeypatch
 
     monkeypatch.setattr(reference, "dare_", refuse)
     assert torch.equal(_bits(kernels.dare_(d.clone(), 0.3, 4, 8)), _bits(expect))
-    for env in ({"APR_NATIVE": "0"}, {"APR_KERNELS": "torch"}):
+    assert_reference_forced(monkeypatch, lambda: kernels.dare_(d.clone(), 0.3, 4, 8), "the reference ran")
+
+
+def assert_reference_forced(monkeypatch, call, message):
+    """``call`` reaches the (patched, raising) reference under APR_NATIVE=0 and APR_KERNELS=torch."""
+    for name, value in (("APR_NATIVE", "0"), ("APR_KERNELS", "torch")):
         with monkeypatch.context() as m:
-            for k, v in env.items():
-                m.setenv(k, v)
+            m.setenv(name, value)
             m.setattr(native, "_loaded", {})
-            with pytest.raises(AssertionError, match="the reference ran"):
-                kernels.dare_(d.clone(), 0.3, 4, 8)
+            with pytest.raises(AssertionError, match=message):
+                call()
 
 
 @needs_cc
@@ -248,10 +252,4 @@ def test_q8_0_quantize_takes_the_native_kernel_on_cpus_unless_told_not_to(monkey
     expect = Q8_0().quantize(w)
     monkeypatch.setattr(Q8_0, "encode_rows", lambda self, x: (_ for _ in ()).throw(AssertionError("reference")))
     assert torch.equal(Q8_0().quantize(w), expect)
-    for env in ({"APR_NATIVE": "0"}, {"APR_KERNELS": "torch"}):
-        with monkeypatch.context() as m:
-            for k, v in env.items():
-                m.setenv(k, v)
-            m.setattr(native, "_loaded", {})
-            with pytest.raises(AssertionError, match="reference"):
-                Q8_0().quantize(w)
+    assert_reference_forced(monkeypatch, lambda: Q8_0().quantize(w), "reference")
