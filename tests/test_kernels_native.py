@@ -24,7 +24,8 @@ def _delta(n, seed):
 
 
 @needs_cc
-@pytest.mark.parametrize("n,offset", [(1, 0), (3, 1), (4, 3), (37, 2), (1025, 3), (4099, 1 << 33), (20_000, 5)])
+@pytest.mark.parametrize("n,offset", [(1, 0), (3, 1), (4, 3), (37, 2), (1025, 3), (4099, 1 << 33), (20_000, 5),
+                                      (301, 4 * ((1 << 32) - 5) + 1)])  # counters cross 2**32 in one group
 @pytest.mark.parametrize("p", [0.0, 0.3, 0.9, 1 - 2 ** -33])
 def test_native_dare_has_the_references_bits(n, offset, p):
     seed = 0x1234_5678_9ABC + n
